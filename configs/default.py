@@ -1,0 +1,147 @@
+"""Every knob of t5x_lite, with its default and a one-line comment.
+
+This file is the schema: any config file starts from `get_config()` here, and
+validation (t5x_lite/config.py) rejects a key that is not in it. Other config
+files pick a model size from configs/models.py and change a few fields.
+
+    python -m t5x_lite.train --config=configs/default.py --workdir=/tmp/run \
+        --config.train.num_steps=100
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  del arg
+  c = ml_collections.ConfigDict()
+
+  # ---- model: sizes come from configs/models.py (models.apply_size) ----------
+  c.model = ml_collections.ConfigDict(dict(
+      arch='encoder_decoder',  # encoder_decoder (T5) | decoder_only | encoder_only
+      size='tiny',  # the row of configs/models.py these dims came from
+      vocab_size=32128,  # logits size; T5 pads 32000+100 sentinels to 32128
+      emb_dim=64,  # d_model
+      num_heads=4,
+      head_dim=16,  # d_kv; num_heads*head_dim need not equal emb_dim
+      mlp_dim=128,  # d_ff
+      num_encoder_layers=2,  # also the layer count of encoder_only models
+      num_decoder_layers=2,  # also the layer count of decoder_only models
+      mlp_activations=('gelu', 'linear'),  # gated GELU (T5.1.1); ('relu',) is T5.1.0
+      logits_via_embedding=False,  # tied logits with d_model**-0.5 (T5.1.0)
+      dropout_rate=0.0,  # T5.1.1 pretraining used none; 0.1 for fine-tuning
+      dtype='float32',  # activation/matmul dtype: float32 | bfloat16
+      relative_attention_num_buckets=32,
+      relative_attention_max_distance=128,
+      layer_norm_epsilon=1e-6,
+      attention_impl='xla',  # xla (einsum) | cudnn (fused, GPU only)
+      remat_policy='none',  # none | full | save_dots | save_dots_no_batch | save_attn_out
+      scan_layers=True,  # nn.scan over layers: one compiled layer, fast compiles
+      num_classes=2,  # encoder_only pooled classification head
+      generator_size_fraction=0.25,  # ELECTRA generator hidden size / discriminator's
+      generator_layers_fraction=1.0,  # ELECTRA generator depth / discriminator's
+      electra_disc_weight=50.0,  # ELECTRA loss = MLM + weight * replaced-token loss
+  ))
+
+  # ---- task: a registered seqio task or mixture ------------------------------
+  c.task = ml_collections.ConfigDict(dict(
+      name='shakespeare_span_corruption',  # see t5x_lite.tasks.registered_names()
+      feature_lengths=ml_collections.ConfigDict(dict(inputs=512, targets=114)),
+      pack=True,  # pack several examples per row (segment ids + positions)
+      shuffle=True,
+      shuffle_buffer_size=10000,
+      train_split='train',
+      eval_split='validation',
+      use_cached=False,  # seqio cache (seqio.cache_tasks_main) if it was built
+  ))
+
+  # ---- train ------------------------------------------------------------------
+  c.train = ml_collections.ConfigDict(dict(
+      num_steps=1000,
+      batch_size=128,  # global, across every host and device
+      seed=0,  # params init, dropout and data order
+      microbatches=1,  # gradient accumulation: batch_size/microbatches per pass
+      log_every_steps=50,
+      z_loss=1e-4,  # coefficient of log(Z)^2
+      label_smoothing=0.0,
+      loss_normalizing_factor=0.0,  # 0: divide by real target tokens; else this constant
+      skip_nonfinite_updates=False,  # True: drop a non-finite step and count it; False: stop
+      data_iterator_checkpointing=True,  # save the input position with the state
+  ))
+
+  # ---- optimizer ----------------------------------------------------------------
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='adafactor',  # adafactor (T5 settings) | adamw
+      learning_rate=1e-2,  # peak; rsqrt schedule: lr = min(lr, 1/sqrt(step)) scale
+      schedule='rsqrt',  # rsqrt (T5) | linear | cosine | constant; all with warmup
+      warmup_steps=1000,
+      decay_steps=0,  # linear/cosine: total steps to decay over (0: train.num_steps)
+      end_learning_rate_fraction=0.0,  # linear/cosine: final lr / peak lr
+      grad_clip_norm=0.0,  # global-norm clipping; 0 disables
+      weight_decay=0.0,  # adamw decoupled weight decay (adafactor: ignored unless set)
+      b1=0.9,  # adamw first moment; adafactor momentum off when 0
+      b2=0.999,  # adamw second moment
+      eps=1e-8,  # adamw epsilon
+      decay_rate=0.8,  # adafactor second-moment decay exponent (T5)
+      clipping_threshold=1.0,  # adafactor update clipping (T5)
+      multiply_by_parameter_scale=True,  # adafactor relative step (T5)
+      factored=True,  # adafactor factored second moments
+  ))
+
+  # ---- mesh: ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices ----
+  c.mesh = ml_collections.ConfigDict(dict(
+      data=-1,
+      fsdp=1,
+      tensor=1,
+      dcn_data=1,  # multi-slice: data parallelism across slices (DCN), outermost
+      dcn_fsdp=1,  # multi-slice: fsdp across slices
+      # Logical axis name -> mesh axes. Data, not code: override as a whole.
+      rules=(
+          ('batch', ('data', 'fsdp')),
+          ('vocab', 'tensor'),
+          ('embed', 'fsdp'),
+          ('mlp', 'tensor'),
+          ('heads', 'tensor'),
+          ('kv', None),
+          ('joined_kv', 'tensor'),
+          ('length', None),
+          ('relpos_buckets', None),
+          ('layers', None),
+          ('classes', None),
+      ),
+  ))
+
+  # ---- checkpoints -----------------------------------------------------------
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000,
+      keep=3,  # newest N checkpoints are kept
+      async_save=True,
+      restore_from='',  # params-only init from this checkpoint dir (fine-tuning)
+  ))
+
+  # ---- eval -------------------------------------------------------------------
+  c.eval = ml_collections.ConfigDict(dict(
+      every_steps=1000,
+      num_batches=10,  # teacher-forced loss batches per eval; -1: the whole split
+      batch_size=0,  # 0: train.batch_size
+      num_decode_examples=4,  # decoded samples printed and logged per eval
+      max_examples=0,  # seqio.Evaluator examples per task; 0: all
+  ))
+
+  # ---- decoding (eval and infer) ---------------------------------------------
+  c.decoding = ml_collections.ConfigDict(dict(
+      method='greedy',  # greedy | sample | beam
+      beam_size=4,
+      alpha=0.6,  # beam length penalty ((5+len)/6)**alpha
+      temperature=1.0,
+      top_k=0,  # 0: off
+      top_p=1.0,  # 1.0: off
+      max_decode_length=64,
+      seed=0,
+  ))
+
+  # ---- multi-host (jax.distributed); empty means single process or auto-detect ----
+  c.distributed = ml_collections.ConfigDict(dict(
+      coordinator_address='',  # host:port of process 0
+      num_processes=0,  # 0: from the environment or 1
+      process_id=-1,  # -1: from the environment or 0
+  ))
+  return c

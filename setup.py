@@ -1,0 +1,48 @@
+"""t5x_lite: a small, fast JAX/Flax framework for text-to-text Transformers."""
+import setuptools
+
+# Versions verified together on Python 3.11 (CPU) on 2026-11-23. Bump them
+# together and rerun `make test`: orbax, flax and seqio APIs move quickly.
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "seqio==0.0.20",
+    "tensorflow==2.21.0",
+    "tensorflow-text==2.21.1",
+    "tensorflow-datasets==4.9.10",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "sentencepiece==0.2.3",
+    "clu==0.0.12",
+    "sacrebleu==2.6.0",
+    "rouge-score==0.1.2",
+    "numpy==2.4.6",
+    "scipy==1.17.1",
+]
+
+EXTRAS = {
+    # torch is pinned exactly: an unpinned torch pulls gigabytes of CUDA wheels.
+    "interop": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
+    "test": ["pytest==9.2.0"],
+}
+EXTRAS["test"] += EXTRAS["interop"]
+
+setuptools.setup(
+    name="t5x_lite",
+    version="0.1.0",
+    description="Pretrain and fine-tune text-to-text Transformers in JAX/Flax.",
+    packages=setuptools.find_packages(include=["t5x_lite", "t5x_lite.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={
+        "console_scripts": [
+            "t5x-lite-train=t5x_lite.train:run_main",
+            "t5x-lite-eval=t5x_lite.eval:run_main",
+            "t5x-lite-infer=t5x_lite.infer:run_main",
+        ]
+    },
+)
