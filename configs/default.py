@@ -77,13 +77,15 @@ def get_config(arg=None):
       end_learning_rate_fraction=0.0,  # linear/cosine: final lr / peak lr
       grad_clip_norm=0.0,  # global-norm clipping; 0 disables
       weight_decay=0.0,  # adamw decoupled weight decay (adafactor: ignored unless set)
-      b1=0.9,  # adamw first moment; adafactor momentum off when 0
+      b1=0.9,  # adamw first moment (adafactor: see adafactor_momentum)
       b2=0.999,  # adamw second moment
       eps=1e-8,  # adamw epsilon
       decay_rate=0.8,  # adafactor second-moment decay exponent (T5)
       clipping_threshold=1.0,  # adafactor update clipping (T5)
       multiply_by_parameter_scale=True,  # adafactor relative step (T5)
       factored=True,  # adafactor factored second moments
+      min_dim_size_to_factor=128,  # adafactor: factor arrays whose two largest dims are >= this
+      adafactor_momentum=0.0,  # adafactor first-moment decay; 0 (T5) keeps no momentum
   ))
 
   # ---- mesh: ('data', 'fsdp', 'tensor'); -1 fills with the remaining devices ----
@@ -136,6 +138,7 @@ def get_config(arg=None):
       top_p=1.0,  # 1.0: off
       max_decode_length=64,
       seed=0,
+      eos_id=1,  # ends a decode; 1 for T5/SentencePiece vocabularies
   ))
 
   # ---- multi-host (jax.distributed); empty means single process or auto-detect ----

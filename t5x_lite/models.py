@@ -1,0 +1,322 @@
+"""A network bound to its batch features and its loss.
+
+`from_config(config) -> Model` picks the class by `config.model.arch`:
+  EncoderDecoderModel  T5: encoder_input_tokens -> decoder_target_tokens.
+  DecoderOnlyModel     causal LM; prefix LM when the batch carries
+                       decoder_causal_attention (1 on the bidirectional prefix).
+  EncoderOnlyModel     MLM over encoder_target_tokens / encoder_loss_weights,
+                       or classification (head='classify', batch 'classifier_labels').
+
+Every model offers (the train step, eval and decoding use only these):
+  input_shapes(feature_lengths, batch_size)   ShapeDtypeStructs for init
+  init_params(rng, batch) / abstract_params(batch) / init_boxed(rng, batch)
+  apply(params, batch, ...)                   logits
+  loss_terms(params, batch, dropout_rng)      (loss sum, dict of sums): the
+                                              train step's input; sums make
+                                              gradient accumulation exact
+  loss_fn(params, batch, dropout_rng)         (normalised loss, metrics)
+  eval_fn(params, batch)                      dict of sums (finalize_metrics)
+  score_batch(params, batch)                  [batch] sum log-likelihood
+Another objective (ELECTRA's generator + discriminator) is a subclass that
+overrides `init_boxed`/`loss_terms`, registered in MODEL_CLASSES.
+"""
+import abc
+import inspect
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from t5x_lite import losses
+from t5x_lite import partitioning
+from t5x_lite.config import ConfigError, ModelConfig
+
+Batch = Mapping[str, jax.Array]
+# Keys of the sums dict every loss_terms / eval_fn returns.
+SUM_KEYS = ('loss', 'z_loss', 'correct', 'num_tokens')
+
+
+def sequence_lengths(arch: str, feature_lengths) -> Dict[str, int]:
+  """Model-side lengths from task feature lengths (seqio converter rules).
+
+  encoder_decoder: encoder = inputs, decoder = targets. decoder_only: inputs +
+  targets (the prefix-LM converter concatenates them; a causal LM task has no
+  inputs). encoder_only: inputs (or targets when there are no inputs).
+  """
+  fl = dict(feature_lengths)
+  inputs, targets = fl.get('inputs', 0), fl.get('targets', 0)
+  if arch == 'encoder_decoder':
+    return {'encoder': inputs or targets, 'decoder': targets or inputs}
+  if arch == 'decoder_only':
+    return {'decoder': inputs + targets}
+  if arch == 'encoder_only':
+    return {'encoder': inputs or targets}
+  raise ConfigError(f'model.arch={arch!r} is not one of encoder_decoder, '
+                    'decoder_only, encoder_only.')
+
+
+def finalize_metrics(sums: Mapping[str, jax.Array],
+                     loss_normalizing_factor: float = 0.0
+                     ) -> Dict[str, jax.Array]:
+  """Sums (from loss_terms / eval_fn, possibly summed over batches) -> metrics.
+
+  loss and z_loss follow the normalisation of losses.normalize; accuracy is
+  per real token; num_tokens is the weight sum.
+  """
+  n = sums['num_tokens']
+  return {
+      'loss': losses.normalize(sums['loss'], n, loss_normalizing_factor),
+      'z_loss': losses.normalize(sums['z_loss'], n, loss_normalizing_factor),
+      'accuracy': losses.normalize(sums['correct'], n, 0.0),
+      'num_tokens': n,
+  }
+
+
+class BaseModel(abc.ABC):
+  """Shared plumbing: init, apply with the right features, loss sums."""
+  ARCH = ''
+  # Features every batch must have; [batch, len] int32 unless noted.
+  REQUIRED_FEATURES: Tuple[str, ...] = ()
+
+  def __init__(self, module: nn.Module, cfg: ModelConfig, *,
+               z_loss: float = 1e-4, label_smoothing: float = 0.0,
+               loss_normalizing_factor: float = 0.0):
+    self.module = module
+    self.config = cfg
+    self.z_loss = float(z_loss)
+    self.label_smoothing = float(label_smoothing)
+    self.loss_normalizing_factor = float(loss_normalizing_factor)
+    # Batch features the network's __call__ accepts as keyword arguments;
+    # anything else in a batch (targets, weights, extra seqio fields) is ours.
+    self._call_args = frozenset(
+        inspect.signature(type(module).__call__).parameters)
+
+  # ---- shapes and init --------------------------------------------------------
+
+  @abc.abstractmethod
+  def input_shapes(self, feature_lengths, batch_size: int
+                   ) -> Dict[str, jax.ShapeDtypeStruct]:
+    """ShapeDtypeStructs of a batch (each subclass names its features)."""
+
+  def _init_kwargs(self) -> Dict[str, Any]:
+    return {}
+
+  def _features(self, batch: Batch) -> Dict[str, jax.Array]:
+    """The batch entries the network takes, by name."""
+    return {k: v for k, v in batch.items() if k in self._call_args}
+
+  def _dummy(self, batch: Batch) -> Dict[str, jax.Array]:
+    # Ones, not zeros: id 0 is padding and a fully padded init batch only
+    # exercises the masked path.
+    return {k: jnp.ones(v.shape, v.dtype) for k, v in batch.items()}
+
+  def init_boxed(self, rng: jax.Array, batch: Batch):
+    """Params with their flax LogicallyPartitioned boxes (logical axis names).
+
+    `batch` may hold arrays or ShapeDtypeStructs (only shapes are used).
+    """
+    batch = self._dummy(batch)
+    variables = self.module.init(
+        {'params': rng, 'dropout': rng}, **self._features(batch),
+        enable_dropout=False, **self._init_kwargs())
+    return variables['params']
+
+  def init_params(self, rng: jax.Array, batch: Batch):
+    """Plain fp32 parameter arrays (no partitioning metadata)."""
+    return partitioning.unbox(self.init_boxed(rng, batch))
+
+  def abstract_params(self, batch: Batch):
+    """Boxed ShapeDtypeStructs of the params (no computation)."""
+    return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0), batch)
+
+  # ---- forward and loss ---------------------------------------------------------
+
+  def apply(self, params, batch: Batch, *, dropout_rng=None,
+            enable_dropout: bool = False, **kwargs) -> jax.Array:
+    rngs = {'dropout': dropout_rng} if enable_dropout else None
+    return self.module.apply({'params': params}, **self._features(batch),
+                             enable_dropout=enable_dropout, rngs=rngs,
+                             **kwargs)
+
+  @abc.abstractmethod
+  def _targets_and_weights(self, batch: Batch):
+    """(targets [batch, len] int, weights [batch, len]) the loss uses."""
+
+  def _logits(self, params, batch, dropout_rng, enable_dropout):
+    return self.apply(params, batch, dropout_rng=dropout_rng,
+                      enable_dropout=enable_dropout)
+
+  def loss_terms(self, params, batch: Batch, dropout_rng=None, *,
+                 enable_dropout: bool = True
+                 ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """(summed loss, sums over SUM_KEYS); the loss sum includes the z-loss."""
+    self._check_features(batch)
+    logits = self._logits(params, batch, dropout_rng, enable_dropout)
+    targets, weights = self._targets_and_weights(batch)
+    loss, z_loss, n = losses.cross_entropy_with_z_loss(
+        logits, targets, weights, z_loss=self.z_loss,
+        label_smoothing=self.label_smoothing, loss_normalizing_factor=None)
+    correct, _ = losses.weighted_accuracy(logits, targets, weights)
+    return loss, {'loss': loss, 'z_loss': z_loss, 'correct': correct,
+                  'num_tokens': n}
+
+  def loss_fn(self, params, batch: Batch, dropout_rng=None, *,
+              enable_dropout: bool = True
+              ) -> Tuple[jax.Array, Dict[str, jax.Array]]:
+    """(loss normalised per config.train.loss_normalizing_factor, metrics)."""
+    _, sums = self.loss_terms(params, batch, dropout_rng,
+                              enable_dropout=enable_dropout)
+    metrics = finalize_metrics(sums, self.loss_normalizing_factor)
+    return metrics['loss'], metrics
+
+  def eval_fn(self, params, batch: Batch) -> Dict[str, jax.Array]:
+    """Sums over SUM_KEYS without dropout; add over batches, then
+    `finalize_metrics` (per-token loss: pass loss_normalizing_factor=0)."""
+    return self.loss_terms(params, batch, None, enable_dropout=False)[1]
+
+  def score_batch(self, params, batch: Batch) -> jax.Array:
+    """[batch] sum over weighted target positions of log p(target)."""
+    self._check_features(batch)
+    logits = self._logits(params, batch, None, False)
+    targets, weights = self._targets_and_weights(batch)
+    ll = losses.token_log_likelihood(logits, targets)  # [batch, len]
+    return jnp.sum(ll * weights.astype(jnp.float32), axis=-1)
+
+  def _check_features(self, batch: Batch):
+    missing = [k for k in self.REQUIRED_FEATURES if k not in batch]
+    if missing:
+      raise ValueError(
+          f'{type(self).__name__} needs batch features {missing}; got '
+          f'{sorted(batch)}. Is config.model.arch ({self.ARCH}) the one the '
+          'task was converted for?')
+
+
+def _int_shapes(batch_size, shapes: Mapping[str, int]):
+  return {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32)
+          for k, n in shapes.items()}
+
+
+class EncoderDecoderModel(BaseModel):
+  """T5: teacher-forced decoder over decoder_target_tokens."""
+  ARCH = 'encoder_decoder'
+  REQUIRED_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens',
+                       'decoder_target_tokens')
+
+  def input_shapes(self, feature_lengths, batch_size):
+    lens = sequence_lengths(self.ARCH, feature_lengths)
+    return _int_shapes(batch_size, {
+        'encoder_input_tokens': lens['encoder'],
+        'decoder_input_tokens': lens['decoder'],
+        'decoder_target_tokens': lens['decoder'],
+        'decoder_loss_weights': lens['decoder'],
+    })
+
+  def _targets_and_weights(self, batch):
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    if weights is None:
+      weights = targets > 0
+    return targets, weights
+
+
+class DecoderOnlyModel(BaseModel):
+  """Causal LM; prefix LM through decoder_causal_attention."""
+  ARCH = 'decoder_only'
+  REQUIRED_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens')
+
+  def input_shapes(self, feature_lengths, batch_size):
+    n = sequence_lengths(self.ARCH, feature_lengths)['decoder']
+    return _int_shapes(batch_size, {
+        'decoder_input_tokens': n,
+        'decoder_target_tokens': n,
+        'decoder_loss_weights': n,
+    })
+
+  def _targets_and_weights(self, batch):
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights')
+    if weights is None:
+      weights = targets > 0
+    return targets, weights
+
+
+class EncoderOnlyModel(BaseModel):
+  """BERT-style MLM (head='mlm') or pooled classification (head='classify')."""
+  ARCH = 'encoder_only'
+  HEADS = ('mlm', 'classify')
+
+  def __init__(self, module, cfg, *, head: str = 'mlm', **kw):
+    if head not in self.HEADS:
+      raise ValueError(f'EncoderOnlyModel head={head!r}; use one of '
+                       f'{self.HEADS}.')
+    super().__init__(module, cfg, **kw)
+    self.head = head
+
+  @property
+  def REQUIRED_FEATURES(self):  # pylint: disable=invalid-name
+    if self.head == 'classify':
+      return ('encoder_input_tokens', 'classifier_labels')
+    return ('encoder_input_tokens', 'encoder_target_tokens')
+
+  def input_shapes(self, feature_lengths, batch_size):
+    n = sequence_lengths(self.ARCH, feature_lengths)['encoder']
+    shapes = _int_shapes(batch_size, {'encoder_input_tokens': n})
+    if self.head == 'classify':
+      shapes['classifier_labels'] = jax.ShapeDtypeStruct((batch_size,),
+                                                         jnp.int32)
+    else:
+      shapes.update(_int_shapes(batch_size, {'encoder_target_tokens': n,
+                                             'encoder_loss_weights': n}))
+    return shapes
+
+  def _init_kwargs(self):
+    return {'head': self.head}
+
+  def apply(self, params, batch, *, dropout_rng=None, enable_dropout=False,
+            **kwargs):
+    kwargs.setdefault('head', self.head)
+    return super().apply(params, batch, dropout_rng=dropout_rng,
+                         enable_dropout=enable_dropout, **kwargs)
+
+  def _logits(self, params, batch, dropout_rng, enable_dropout):
+    logits = super()._logits(params, batch, dropout_rng, enable_dropout)
+    if self.head == 'classify':
+      logits = logits[:, None, :]  # [batch, 1, classes]: one "token" per row
+    return logits
+
+  def _targets_and_weights(self, batch):
+    if self.head == 'classify':
+      labels = batch['classifier_labels'].reshape(-1, 1)  # [batch, 1]
+      weights = batch.get('classifier_weights')
+      if weights is None:
+        weights = jnp.ones(labels.shape, jnp.float32)
+      return labels, weights.reshape(-1, 1)
+    targets = batch['encoder_target_tokens']
+    weights = batch.get('encoder_loss_weights')
+    if weights is None:
+      weights = targets > 0
+    return targets, weights
+
+
+MODEL_CLASSES = {
+    'encoder_decoder': EncoderDecoderModel,
+    'decoder_only': DecoderOnlyModel,
+    'encoder_only': EncoderOnlyModel,
+}
+
+
+def from_config(config, *, model_class: Optional[type] = None,
+                **model_kwargs) -> BaseModel:
+  """The model `config.model.arch` names, with the loss settings of
+  config.train (z_loss, label_smoothing, loss_normalizing_factor)."""
+  from t5x_lite import network  # pylint: disable=g-import-not-at-top
+  cfg = ModelConfig.from_config(config.model)
+  cls = model_class or MODEL_CLASSES.get(cfg.arch)
+  if cls is None:
+    raise ConfigError(f'model.arch={cfg.arch!r} is not one of '
+                      f'{", ".join(MODEL_CLASSES)}.')
+  t = config.train
+  return cls(network.build(cfg), cfg, z_loss=t.z_loss,
+             label_smoothing=t.label_smoothing,
+             loss_normalizing_factor=t.loss_normalizing_factor, **model_kwargs)

@@ -1,0 +1,239 @@
+"""Train and eval step builders: jitted once, with explicit shardings.
+
+  state, state_shardings = create_train_state(model, tx, config, mesh, rng)
+  train_step = make_train_step(model, tx, config, mesh, state_shardings,
+                               batch_sharding)
+  state, metrics = train_step(state, batch, rng)   # batch: global jax.Arrays
+
+The state is born sharded (a jitted init with out_shardings: no host copy of
+the full params); the step donates it. Inside every step the mesh and the
+logical rules are in context, so the network's activation constraints apply.
+
+Gradient accumulation (config.train.microbatches = M) scans over M slices of
+the batch, summing gradients of the *summed* loss and the token counts, and
+divides once at the end: the result equals one step on the whole batch (up to
+float summation order). Microbatch m takes rows m, m+M, m+2M, ...: every
+device keeps its own rows, so the split moves no data.
+"""
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+import optax
+
+from t5x_lite import models as models_lib
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array  # int32 scalar: updates taken (skipped ones included)
+  params: Any
+  opt_state: Any
+
+
+# ---- state ---------------------------------------------------------------------
+
+
+def _init_batch_shapes(model, config):
+  # Params do not depend on the batch; one row keeps the traced init small.
+  return model.input_shapes(config.task.feature_lengths, 1)
+
+
+def abstract_train_state(model, optimizer: optax.GradientTransformation,
+                         config, mesh) -> Tuple[TrainState, TrainState]:
+  """(ShapeDtypeStructs with shardings, NamedShardings) of the train state.
+
+  No computation: what Orbax restores into and what jit places by.
+  """
+  rules = partitioning.logical_rules(config)
+  boxed = model.abstract_params(_init_batch_shapes(model, config))
+  params = partitioning.unbox(boxed)
+  pspecs = partitioning.params_specs(boxed, mesh, rules)
+  opt_state = jax.eval_shape(optimizer.init, params)
+  ospecs = partitioning.opt_state_specs(opt_state, pspecs, params)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
+                        params=params, opt_state=opt_state)
+  specs = TrainState(step=P(), params=pspecs, opt_state=ospecs)
+  shardings = partitioning.specs_to_shardings(specs, mesh, abstract)
+  abstract = jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, shardings)
+  return abstract, shardings
+
+
+def create_train_state(model, optimizer: optax.GradientTransformation, config,
+                       mesh, rng: jax.Array) -> Tuple[TrainState, TrainState]:
+  """Initialises params and optimizer state directly into their shardings.
+
+  Returns:
+    (state, state_shardings); state.step == 0.
+  """
+  _, shardings = abstract_train_state(model, optimizer, config, mesh)
+  batch = _init_batch_shapes(model, config)
+
+  def init(rng):
+    params = model.init_params(rng, batch)
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=optimizer.init(params))
+
+  state = jax.jit(init, in_shardings=partitioning.replicated(mesh),
+                  out_shardings=shardings)(rng)
+  return state, shardings
+
+
+# ---- train step ----------------------------------------------------------------
+
+
+def _split_microbatches(batch, num_micro, mesh, rules):
+  """[B, ...] -> [M, B/M, ...] with microbatch m = rows m, m+M, ... ."""
+  spec = partitioning.batch_spec(rules)
+  def split(x):
+    b = x.shape[0]
+    x = x.reshape((b // num_micro, num_micro) + x.shape[1:])
+    x = jnp.swapaxes(x, 0, 1)  # [M, B/M, ...]
+    return jax.lax.with_sharding_constraint(
+        x, NamedSharding(mesh, P(None, *spec)))
+  return jax.tree.map(split, batch)
+
+
+def _check_batch(batch, num_micro, num_shards):
+  for k, v in batch.items():
+    if v.shape[0] % (num_micro * num_shards):
+      raise ValueError(
+          f'batch feature {k!r} has {v.shape[0]} rows, not divisible by '
+          f'train.microbatches ({num_micro}) x batch shards ({num_shards}); '
+          'change train.batch_size or the mesh.')
+
+
+def _where_finite(ok, new, old):
+  return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
+
+
+def make_train_step(model, optimizer: optax.GradientTransformation, config,
+                    mesh, state_shardings: TrainState,
+                    batch_sharding: NamedSharding, *,
+                    schedule: Optional[Callable] = None,
+                    donate: bool = True) -> Callable:
+  """Jitted `train_step(state, batch, rng) -> (state, metrics)`.
+
+  Args:
+    model: a models.BaseModel.
+    optimizer: the optax transformation of optimizers.make_optimizer.
+    config: the run's ConfigDict (train.microbatches, train.loss_normalizing_factor,
+      train.skip_nonfinite_updates, mesh.rules, optimizer.*).
+    mesh: the mesh the shardings live on.
+    state_shardings: from create_train_state / abstract_train_state.
+    batch_sharding: partitioning.batch_sharding(mesh, rules).
+    schedule: learning-rate schedule for the metric (default: from config).
+    donate: donate the input state's buffers (off to keep the input alive).
+  Returns:
+    train_step; metrics (replicated float32 scalars): loss (incl. z-loss),
+    z_loss, accuracy, num_tokens, grad_norm (before clipping), learning_rate,
+    is_finite (1.0 when loss and grad norm are finite), skipped (1.0 when
+    skip_nonfinite_updates dropped this update; the step counter still moves).
+  """
+  rules = partitioning.logical_rules(config)
+  num_micro = int(config.train.microbatches)
+  lnf = float(config.train.loss_normalizing_factor)
+  skip_nonfinite = bool(config.train.skip_nonfinite_updates)
+  schedule = schedule or optimizers.make_schedule(config)
+  num_shards = partitioning.num_batch_shards(mesh, rules)
+  grad_shardings = state_shardings.params
+
+  def grads_and_sums(params, batch, rng):
+    grad_fn = jax.grad(model.loss_terms, has_aux=True)
+    if num_micro == 1:
+      return grad_fn(params, batch, rng, enable_dropout=True)
+    micro = _split_microbatches(batch, num_micro, mesh, rules)
+
+    def body(carry, xs):
+      i, mb = xs
+      g, s = grad_fn(params, mb, jax.random.fold_in(rng, i),
+                     enable_dropout=True)
+      g_acc, s_acc = carry
+      g_acc = jax.tree.map(jnp.add, g_acc, g)
+      # Keep the running sum sharded like the params (fsdp memory).
+      g_acc = jax.lax.with_sharding_constraint(g_acc, grad_shardings)
+      return (g_acc, jax.tree.map(jnp.add, s_acc, s)), None
+
+    zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
+    zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
+    sums0 = {k: jnp.zeros((), jnp.float32) for k in models_lib.SUM_KEYS}
+    (grads, sums), _ = jax.lax.scan(
+        body, (zeros, sums0), (jnp.arange(num_micro), micro))
+    return grads, sums
+
+  def train_step(state: TrainState, batch, rng):
+    _check_batch(batch, num_micro, num_shards)
+    with partitioning.activation_context(mesh, rules):
+      dropout_rng = jax.random.fold_in(rng, state.step)
+      grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+      # One normalisation for the whole (accumulated) batch.
+      denom = (jnp.where(sums['num_tokens'] > 0, sums['num_tokens'], 1.0)
+               if lnf == 0 else lnf)
+      grads = jax.tree.map(lambda g: (g / denom).astype(jnp.float32), grads)
+      grad_norm = optax.tree.norm(grads)
+      updates, opt_state = optimizer.update(grads, state.opt_state,
+                                            state.params)
+      params = optax.apply_updates(state.params, updates)
+
+      metrics = models_lib.finalize_metrics(sums, lnf)
+      is_finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(grad_norm)
+      skipped = jnp.zeros((), jnp.float32)
+      if skip_nonfinite:
+        params = _where_finite(is_finite, params, state.params)
+        opt_state = _where_finite(is_finite, opt_state, state.opt_state)
+        skipped = 1.0 - is_finite.astype(jnp.float32)
+      metrics.update(
+          grad_norm=grad_norm,
+          learning_rate=jnp.asarray(schedule(state.step), jnp.float32),
+          is_finite=is_finite.astype(jnp.float32),
+          skipped=skipped)
+      new_state = TrainState(step=state.step + 1, params=params,
+                             opt_state=opt_state)
+    return new_state, metrics
+
+  replicated = partitioning.replicated(mesh)
+  return jax.jit(
+      train_step,
+      in_shardings=(state_shardings, batch_sharding, replicated),
+      out_shardings=(state_shardings, replicated),
+      donate_argnums=(0,) if donate else ())
+
+
+# ---- eval and scoring ------------------------------------------------------------
+
+
+def make_eval_step(model, config, mesh, params_shardings,
+                   batch_sharding: NamedSharding) -> Callable:
+  """Jitted `eval_step(params, batch) -> dict of sums` (models.SUM_KEYS).
+
+  Add the sums over batches, then `models.finalize_metrics(sums)` for the
+  per-token loss, z_loss and accuracy.
+  """
+  rules = partitioning.logical_rules(config)
+
+  def eval_step(params, batch) -> Dict[str, jax.Array]:
+    with partitioning.activation_context(mesh, rules):
+      return model.eval_fn(params, batch)
+
+  return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding),
+                 out_shardings=partitioning.replicated(mesh))
+
+
+def make_score_step(model, config, mesh, params_shardings,
+                    batch_sharding: NamedSharding) -> Callable:
+  """Jitted `score_step(params, batch) -> [batch] log-likelihood` (sharded
+  like the batch), for seqio scoring evals."""
+  rules = partitioning.logical_rules(config)
+
+  def score_step(params, batch):
+    with partitioning.activation_context(mesh, rules):
+      return model.score_batch(params, batch)
+
+  return jax.jit(score_step, in_shardings=(params_shardings, batch_sharding),
+                 out_shardings=batch_sharding)

@@ -1,0 +1,261 @@
+"""Train step on 8 fake CPU devices: mesh parity, real shardings, gradient
+accumulation, non-finite skipping, eval/score steps and the FLOPs formula.
+
+Every mesh must reproduce the 1-device run (fp32, 3 steps, <= 1e-5) for both
+optimizers. If a parity assertion fails after a model change, the sharding
+or the step broke, not the numbers: do not loosen the tolerance.
+"""
+import warnings
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+import numpy as np
+import pytest
+
+from configs import default
+from configs import models as sizes
+from t5x_lite import flops
+from t5x_lite import models
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+from t5x_lite import trainer
+
+VOCAB, LEN, BATCH, STEPS = 128, 16, 8, 3
+MESHES = {
+    'single': None,  # 1 device: the reference
+    'data8': dict(data=8, fsdp=1, tensor=1),
+    'fsdp8': dict(data=1, fsdp=8, tensor=1),
+    'd2f2t2': dict(data=2, fsdp=2, tensor=2),
+}
+
+warnings.filterwarnings('ignore', message='Some donated buffers')
+
+
+def _config(optimizer='adafactor', mesh=None, microbatches=1):
+  c = sizes.apply_size(default.get_config(), 'tiny')
+  c.model.vocab_size = VOCAB
+  c.model.num_encoder_layers = 1
+  c.model.num_decoder_layers = 1
+  c.task.feature_lengths = dict(inputs=LEN, targets=LEN)
+  c.train.batch_size = BATCH * microbatches
+  c.train.microbatches = microbatches
+  c.train.skip_nonfinite_updates = True
+  c.optimizer.name = optimizer
+  c.optimizer.schedule = 'constant'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.learning_rate = 1e-2 if optimizer == 'adafactor' else 3e-3
+  c.optimizer.weight_decay = 0.0 if optimizer == 'adafactor' else 0.1
+  c.optimizer.min_dim_size_to_factor = 16  # so the tiny dims get factored
+  c.optimizer.grad_clip_norm = 1.0
+  for k, v in (mesh or dict(data=1, fsdp=1, tensor=1)).items():
+    c.mesh[k] = v
+  return c
+
+
+def _batches(num, rows, seed=0):
+  rng = np.random.RandomState(seed)
+  out = []
+  for _ in range(num):
+    inputs = rng.randint(1, VOCAB, (rows, LEN)).astype(np.int32)
+    targets = rng.randint(1, VOCAB, (rows, LEN)).astype(np.int32)
+    # Ragged real lengths, so per-token normalisation is really exercised.
+    lengths = rng.randint(LEN // 4, LEN + 1, (rows, 1))
+    real = (np.arange(LEN)[None] < lengths).astype(np.int32)
+    targets *= real
+    out.append(dict(
+        encoder_input_tokens=inputs,
+        decoder_input_tokens=np.pad(targets, ((0, 0), (1, 0)))[:, :-1],
+        decoder_target_tokens=targets,
+        decoder_loss_weights=real))
+  return out
+
+
+def _train(config, batches, devices=None):
+  model = models.from_config(config)
+  tx, _ = optimizers.make_optimizer(config)
+  mesh = partitioning.make_mesh(config.mesh, devices)
+  rules = partitioning.logical_rules(config)
+  state, shardings = trainer.create_train_state(
+      model, tx, config, mesh, jax.random.PRNGKey(0))
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  step = trainer.make_train_step(model, tx, config, mesh, shardings,
+                                 batch_sharding)
+  metrics = []
+  for b in batches:
+    state, m = step(state, partitioning.shard_batch(b, batch_sharding),
+                    jax.random.PRNGKey(1))
+    metrics.append(jax.device_get(m))
+  return dict(model=model, tx=tx, mesh=mesh, state=state, step=step,
+              shardings=shardings, batch_sharding=batch_sharding,
+              metrics=metrics, params=jax.device_get(state.params))
+
+
+@pytest.fixture(scope='module')
+def runs():
+  """{(optimizer, mesh name): run}, each compiled once for the module."""
+  prev = jax.config.jax_default_matmul_precision
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  batches = _batches(STEPS, BATCH)
+  out = {}
+  try:
+    for opt in ('adafactor', 'adamw'):
+      for name, mesh in MESHES.items():
+        devices = jax.devices()[:1] if mesh is None else None
+        out[opt, name] = _train(_config(opt, mesh), batches, devices)
+    yield out
+  finally:
+    jax.config.update('jax_default_matmul_precision', prev)
+
+
+def _max_diff(a, b):
+  return max(jax.tree.leaves(jax.tree.map(
+      lambda x, y: float(np.max(np.abs(np.asarray(x) - np.asarray(y)))),
+      a, b)))
+
+
+@pytest.mark.parametrize('opt', ['adafactor', 'adamw'])
+@pytest.mark.parametrize('mesh_name', ['data8', 'fsdp8', 'd2f2t2'])
+def test_mesh_parity_with_one_device(runs, opt, mesh_name):
+  ref, run = runs[opt, 'single'], runs[opt, mesh_name]
+  ref_loss = [m['loss'] for m in ref['metrics']]
+  loss = [m['loss'] for m in run['metrics']]
+  np.testing.assert_allclose(loss, ref_loss, atol=1e-5, rtol=0)
+  assert ref_loss[-1] < ref_loss[0]  # it trains
+  for key in ('grad_norm', 'accuracy', 'num_tokens', 'z_loss'):
+    np.testing.assert_allclose([m[key] for m in run['metrics']],
+                               [m[key] for m in ref['metrics']], atol=1e-5)
+  assert _max_diff(run['params'], ref['params']) <= 1e-5
+  assert int(run['state'].step) == STEPS
+
+
+def _named(tree):
+  """{'path/to/leaf': leaf} of a params-like tree."""
+  flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {'/'.join(str(getattr(k, 'key', k)) for k in path): leaf
+          for path, leaf in flat}
+
+
+def _one(named, *parts, shape_has=None):
+  hits = [k for k in named if all(p in k for p in parts)]
+  if shape_has is not None:
+    hits = [k for k in hits if shape_has in named[k].shape]
+  assert hits, f'no param matching {parts} in {sorted(named)}'
+  return sorted(hits)[0]
+
+
+def test_params_really_carry_rule_shardings(runs):
+  run = runs['adafactor', 'd2f2t2']
+  params = _named(run['state'].params)
+  emb = _one(params, 'token_embedder')
+  # vocab -> tensor, embed -> fsdp.
+  assert params[emb].sharding.spec == P('tensor', 'fsdp')
+  shard = params[emb].addressable_shards[0].data.shape
+  assert shard == (VOCAB // 2, params[emb].shape[1] // 2)
+  wi = _one(params, 'mlp', 'wi')
+  spec = params[wi].sharding.spec
+  # [layers?, embed, mlp]: the last two dims are (fsdp, tensor).
+  assert tuple(spec)[-2:] == ('fsdp', 'tensor'), (wi, spec)
+
+
+def test_adafactor_moments_are_sharded_compatibly(runs):
+  run = runs['adafactor', 'd2f2t2']
+  params = _named(run['state'].params)
+  opt = run['state'].opt_state
+  fs = next(s for s in jax.tree.leaves(
+      opt, is_leaf=lambda x: hasattr(x, 'v_row')) if hasattr(s, 'v_row'))
+  v_row, v_col = _named(fs.v_row), _named(fs.v_col)
+  emb = _one(params, 'token_embedder')
+  # [vocab 128, embed 64]: v_row drops vocab, v_col drops embed.
+  assert v_row[emb].shape == (params[emb].shape[1],)
+  assert v_row[emb].sharding.spec == P('fsdp')
+  assert v_col[emb].sharding.spec == P('tensor')
+  wi = _one(params, 'mlp', 'wi')
+  row_spec = tuple(v_row[wi].sharding.spec)
+  assert row_spec[-1:] == ('fsdp',), row_spec
+  for name, leaf in {**v_row, **v_col}.items():
+    leaf.sharding.shard_shape(leaf.shape)  # evenly divisible everywhere
+
+
+def test_nonfinite_update_is_skipped(runs):
+  run = runs['adafactor', 'single']
+  state = jax.tree.map(jnp.copy, run['state'])
+  params = _named(state.params)
+  emb = _one(params, 'token_embedder')
+  bad_params = jax.tree_util.tree_map_with_path(
+      lambda path, x: x.at[0, 0].set(jnp.nan)
+      if '/'.join(str(getattr(k, 'key', k)) for k in path) == emb else x,
+      state.params)
+  bad = state.replace(params=bad_params)
+  before = jax.device_get(bad)
+  batch = partitioning.shard_batch(_batches(1, BATCH, seed=5)[0],
+                                   run['batch_sharding'])
+  new, m = run['step'](bad, batch, jax.random.PRNGKey(1))
+  assert float(m['is_finite']) == 0.0 and float(m['skipped']) == 1.0
+  assert int(new.step) == int(before.step) + 1
+  np.testing.assert_array_equal(
+      np.asarray(jax.tree.leaves(new.opt_state)[0]),
+      np.asarray(jax.tree.leaves(before.opt_state)[0]))
+  assert _max_diff(jax.tree.map(np.nan_to_num, jax.device_get(new.params)),
+                   jax.tree.map(np.nan_to_num, before.params)) == 0.0
+
+
+def test_gradient_accumulation_matches_big_batch():
+  prev = jax.config.jax_default_matmul_precision
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  try:
+    mesh = MESHES['d2f2t2']
+    batches = _batches(2, 4 * BATCH, seed=3)
+    big = _train(_config('adafactor', mesh, microbatches=1), batches)
+    acc = _train(_config('adafactor', mesh, microbatches=4), batches)
+  finally:
+    jax.config.update('jax_default_matmul_precision', prev)
+  for key in ('loss', 'z_loss', 'accuracy', 'num_tokens', 'grad_norm'):
+    np.testing.assert_allclose([m[key] for m in acc['metrics']],
+                               [m[key] for m in big['metrics']], atol=1e-5,
+                               err_msg=key)
+  assert _max_diff(acc['params'], big['params']) <= 1e-5
+
+
+def test_eval_and_score_steps_agree_with_training_loss(runs):
+  ref = runs['adamw', 'single']
+  run = runs['adamw', 'd2f2t2']
+  config = _config('adamw', MESHES['d2f2t2'])
+  model, mesh = run['model'], run['mesh']
+  batch = _batches(1, BATCH)[0]  # the first training batch
+  gbatch = partitioning.shard_batch(batch, run['batch_sharding'])
+  _, shardings = trainer.abstract_train_state(model, run['tx'], config, mesh)
+  params0, _ = trainer.create_train_state(
+      model, run['tx'], config, mesh, jax.random.PRNGKey(0))
+  eval_step = trainer.make_eval_step(model, config, mesh, shardings.params,
+                                     run['batch_sharding'])
+  sums = jax.device_get(eval_step(params0.params, gbatch))
+  metrics = models.finalize_metrics(sums)
+  # At init (step 0) the eval loss is the first training step's loss.
+  assert float(metrics['loss']) == pytest.approx(
+      float(ref['metrics'][0]['loss']), abs=1e-5)
+  assert float(sums['num_tokens']) == batch['decoder_loss_weights'].sum()
+  score_step = trainer.make_score_step(model, config, mesh, shardings.params,
+                                       run['batch_sharding'])
+  scores = np.asarray(score_step(params0.params, gbatch))
+  assert scores.shape == (BATCH,) and np.all(scores < 0)
+  # Without label smoothing, sum log p = -(cross entropy sum).
+  assert scores.sum() == pytest.approx(-(sums['loss'] - sums['z_loss']),
+                                       rel=1e-5)
+
+
+def test_model_flops_match_the_shared_formula():
+  c = sizes.apply_size(default.get_config(), 'base')
+  c.train.batch_size = 128
+  c.task.feature_lengths = dict(inputs=512, targets=114)
+  # /work/shared/bench/t5flops.py: t5_step_flops(128, 512, 114) (T5.1.1 base).
+  assert flops.model_flops_per_step(c) == 54520858017792
+  c = _config()
+  c.model.num_encoder_layers = c.model.num_decoder_layers = 2
+  # t5_step_flops(8, 16, 16, 64, 128, 4, 16, 2, 2, vocab=128)
+  assert flops.model_flops_per_step(c) == 166723584
+  c.model.arch = 'decoder_only'
+  # len 32: 3*2*[256*2*(4*64*64 + 3*64*128) + 256*2*2*32*64 + 256*64*128]
+  assert flops.model_flops_per_step(c) == 3 * 2 * (
+      256 * 2 * (4 * 64 * 64 + 3 * 64 * 128) + 256 * 2 * 2 * 32 * 64 +
+      256 * 64 * 128)
