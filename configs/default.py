@@ -65,6 +65,8 @@ def get_config(arg=None):
       loss_normalizing_factor=0.0,  # 0: divide by real target tokens; else this constant
       skip_nonfinite_updates=False,  # True: drop a non-finite step and count it; False: stop
       data_iterator_checkpointing=True,  # save the input position with the state
+      peak_flops_per_device=0.0,  # MFU denominator; 0: known accelerators' bf16 peak (CPU: no MFU)
+      inject_nan_at_step=0,  # testing only: NaN loss weights in this step's batch (0: off)
   ))
 
   # ---- optimizer ----------------------------------------------------------------

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import tree as ocp_tree
 
 CHECKPOINTS_DIR = 'checkpoints'
 UNUSABLE_DIR = 'unusable'  # inside the checkpoints dir; not a step name
@@ -54,6 +55,11 @@ TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 class CheckpointError(RuntimeError):
   """A checkpoint could not be written or no usable one could be read."""
+
+
+class CheckpointMismatchError(CheckpointError):
+  """A readable checkpoint of a different model or optimizer (no fallback:
+  the older steps would not match either)."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -133,6 +139,35 @@ def _abstract(tree):
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype,
                                      sharding=getattr(x, 'sharding', None)),
       tree)
+
+
+def _flat_shapes(tree) -> Dict[str, tuple]:
+  """{'params/encoder/...': shape} of every array leaf, Orbax's key paths."""
+  flat = ocp_tree.to_flat_dict(tree)
+  return {'/'.join(str(k) for k in key): tuple(v.shape)
+          for key, v in flat.items() if hasattr(v, 'shape')}
+
+
+def describe_mismatch(stored_tree, target_tree, limit: int = 3
+                      ) -> Optional[str]:
+  """What differs between a checkpoint's tree and the target, or None."""
+  stored = _flat_shapes(stored_tree)
+  target = _flat_shapes(ocp_tree.serialize_tree(target_tree,
+                                                keep_empty_nodes=True))
+  problems = []
+  for key in sorted(set(stored) | set(target)):
+    if key not in stored:
+      problems.append(f'{key} is missing from the checkpoint')
+    elif key not in target:
+      problems.append(f'{key} is in the checkpoint but not in this model')
+    elif stored[key] != target[key]:
+      problems.append(f'{key} has shape {stored[key]} in the checkpoint but '
+                      f'{target[key]} here')
+  if not problems:
+    return None
+  more = len(problems) - limit
+  return '; '.join(problems[:limit]) + (f' (and {more} more)' if more > 0
+                                        else '')
 
 
 def _all_processes_agree(ok: bool) -> bool:
@@ -333,9 +368,22 @@ class Checkpointer:
       return None
     failures = []
     for s in steps:
-      reason = inspect_step(os.path.join(self.directory, str(s)))
+      step_path = os.path.join(self.directory, str(s))
+      reason = inspect_step(step_path)
       restored = None
       if reason is None:
+        try:
+          stored = _tree_metadata(os.path.join(step_path, 'state'))
+        except Exception as e:  # pylint: disable=broad-except
+          reason = (f'unreadable state metadata: {type(e).__name__}: '
+                    f'{_first_line(e)}')
+      if reason is None:
+        mismatch = describe_mismatch(stored, abstract_state)
+        if mismatch:
+          raise CheckpointMismatchError(
+              f'Checkpoint step {s} in {self.directory} was written for '
+              f'another model or optimizer: {mismatch}. Use a new --workdir, '
+              f'or the config it was trained with ({step_path}/config).')
         try:
           restored = self._mngr.restore(s, args=ocp.args.Composite(
               state=ocp.args.StandardRestore(abstract_state),
@@ -474,6 +522,20 @@ def restore_params(path: str, abstract_params=None):
       the steps that exist), or the stored tree does not match.
   """
   kind, where = resolve_params_path(path).split(':', 1)
+  tree_path = where if kind == 'params' else os.path.join(where, 'state')
+  if abstract_params is not None:
+    try:
+      stored = _tree_metadata(tree_path)
+    except Exception as e:  # pylint: disable=broad-except
+      raise CheckpointError(f'Cannot read the tree metadata of {tree_path}: '
+                            f'{type(e).__name__}: {_first_line(e)}') from e
+    if kind == 'state':
+      stored = stored.get('params', {}) if isinstance(stored, dict) else {}
+    mismatch = describe_mismatch(stored, abstract_params)
+    if mismatch:
+      raise CheckpointMismatchError(
+          f'The params at {where} do not fit this model: {mismatch}. Check '
+          'config.model against the config the checkpoint was trained with.')
   try:
     if kind == 'params':
       params = _restore_tree(where, abstract_params)

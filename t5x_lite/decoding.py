@@ -226,17 +226,16 @@ def expand_beams(x: jax.Array, beam_size: int, offset: int = 0) -> jax.Array:
   return jnp.repeat(x, beam_size, axis=offset)
 
 
-def gather_beams(x: jax.Array, beam_indices: jax.Array, offset: int = 0
-                 ) -> jax.Array:
+def gather_beams(x: jax.Array, beam_indices: jax.Array, old_beams: int,
+                 offset: int = 0) -> jax.Array:
   """Reorders flat [.., batch * old_beams, ..] by beam_indices [batch, new_beams].
 
-  Leaves whose axis `offset` is not batch * old_beams (the cache index of a
-  scan, scalars) are left alone.
+  Leaves whose axis `offset` is not batch * old_beams (scalars, anything not
+  per row) are left alone.
   """
   batch, new_beams = beam_indices.shape
-  if x.ndim <= offset or x.shape[offset] % batch:
+  if x.ndim <= offset or x.shape[offset] != batch * old_beams:
     return x
-  old_beams = x.shape[offset] // batch
   shape = x.shape[:offset] + (batch, old_beams) + x.shape[offset + 1:]
   idx_shape = (1,) * offset + (batch, new_beams) + (1,) * (x.ndim - offset - 1)
   gathered = jnp.take_along_axis(
@@ -245,9 +244,9 @@ def gather_beams(x: jax.Array, beam_indices: jax.Array, offset: int = 0
                           x.shape[offset + 1:])
 
 
-def _gather(tree, beam_indices, offset=0):
+def _gather(tree, beam_indices, old_beams, offset=0):
   return jax.tree_util.tree_map(
-      lambda x: gather_beams(x, beam_indices, offset), tree)
+      lambda x: gather_beams(x, beam_indices, old_beams, offset), tree)
 
 
 @flax.struct.dataclass
@@ -365,7 +364,7 @@ def beam_search(inputs: jax.Array,
     new_live_lp, keep = lax.top_k(alive_lp, beams)  # [batch, beams]
     new_live_seqs = jnp.take_along_axis(top_seqs, keep[:, :, None], axis=1)
     cache_beams = jnp.take_along_axis(top_beam, keep, axis=1)
-    new_cache = _gather(new_cache, cache_beams, cache_offset)
+    new_cache = _gather(new_cache, cache_beams, beams, cache_offset)
     # Finished set: merge the newly ended candidates, keep the best `beams`.
     new_scores = top_lp / brevity_penalty(alpha, gen_len(nxt))[:, None]
     new_scores = new_scores + (~newly_finished) * NEG_INF
@@ -443,43 +442,9 @@ class DecodeSettings:
     return self.beam_size if self.method == 'beam' else 1
 
 
-def _cache_init_fn(module, arch: str, batch: int, enc_len: int, dec_len: int):
-  """A function returning the decode-mode variables of `module`.
-
-  As in T5X, calling the network with decode=True on a full-length dummy
-  sizes the cache; the params it also makes are thrown away (we only ever
-  trace this under jax.eval_shape).
-  """
-  def init():
-    ones = lambda n: jnp.ones((batch, n), jnp.int32)
-    rng = jax.random.PRNGKey(0)
-    if arch == 'encoder_decoder':
-      return module.init(rng, ones(enc_len), ones(dec_len), decode=True,
-                         max_decode_length=dec_len)
-    return module.init(rng, ones(dec_len), decode=True,
-                       max_decode_length=dec_len)
-  return init
-
-
-def init_cache(module, arch: str, batch: int, enc_len: int, dec_len: int):
-  """(zero cache for `batch` rows, the batch axis of its leaves).
-
-  The batch axis is found by sizing the cache for two batch sizes: it is 0
-  for unrolled layers and 1 under nn.scan ([layers, batch, ...]).
-  """
-  shapes = jax.eval_shape(_cache_init_fn(module, arch, batch, enc_len,
-                                         dec_len))['cache']
-  other = jax.eval_shape(_cache_init_fn(module, arch, batch + 1, enc_len,
-                                        dec_len))['cache']
-  offset = 0
-  for a, b in zip(jax.tree_util.tree_leaves(shapes),
-                  jax.tree_util.tree_leaves(other)):
-    diff = [i for i, (x, y) in enumerate(zip(a.shape, b.shape)) if x != y]
-    if diff:
-      offset = diff[0]
-      break
-  cache = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-  return cache, offset
+def _cache_batch_axis(model) -> int:
+  """Batch axis of the cache leaves: 1 under nn.scan ([layers, batch, ...])."""
+  return 1 if getattr(model.config, 'scan_layers', False) else 0
 
 
 def _row_logits(logits: jax.Array, index: jax.Array) -> jax.Array:
@@ -514,12 +479,18 @@ def _decode_encoder_decoder(model, s, use_cache, params, batch, rng):
   encoded, enc = expand_beams(encoded, n), expand_beams(enc, n)
   inputs = jnp.zeros((enc.shape[0] // n, length), jnp.int32)
   if use_cache:
-    cache, offset = init_cache(module, model.ARCH, enc.shape[0],
-                               enc.shape[1], length)
+    # Cache creation (T5X): a decode=True pass on a full-length dummy sizes
+    # the self-attention cache and stores the cross-attention keys/values of
+    # `encoded`, so the steps below pass encoded=None and never recompute them.
+    _, mutated = module.apply(
+        variables, encoded, enc, jnp.ones((enc.shape[0], length), jnp.int32),
+        enable_dropout=False, decode=True, max_decode_length=length,
+        method=module.decode, mutable=['cache'])
+    cache, offset = mutated['cache'], _cache_batch_axis(model)
 
     def fn(state):
       logits, mutated = module.apply(
-          {'params': params, 'cache': state.cache}, encoded, enc,
+          {'params': params, 'cache': state.cache}, None, enc,
           state.cur_token, enable_dropout=False, decode=True,
           max_decode_length=length, method=module.decode, mutable=['cache'])
       return logits[:, -1, :], mutated['cache']  # [batch * beams, vocab]
@@ -554,16 +525,17 @@ def _decode_decoder_only(model, s, use_cache, params, batch, rng):
   flat_prefix = None if prefix is None else expand_beams(prefix, n)
   variables = {'params': params}
   if use_cache:
-    cache, offset = init_cache(module, model.ARCH, bsz * n, 0, length)
     # Prefill positions 0..prompt_len in one pass (bidirectionally for a
-    # prefix LM); decoding then feeds the last prompt token at prompt_len.
+    # prefix LM), each row's cache index set to its prompt length; decoding
+    # then feeds the last prompt token at prompt_len (T5X). The prefill also
+    # creates the cache, sized by the buffer length.
     pre_tokens = expand_beams(
         _with_bos(inputs)[:, :length] * (positions <= prompt_len[:, None]), n)
     _, mutated = module.apply(
-        {'params': params, 'cache': cache}, pre_tokens,
-        decoder_causal_attention=flat_prefix, enable_dropout=False,
-        prefill=True, max_decode_length=length, mutable=['cache'])
-    cache = mutated['cache']
+        variables, pre_tokens, decoder_causal_attention=flat_prefix,
+        enable_dropout=False, prefill=True,
+        prefill_lengths=expand_beams(prompt_len, n), mutable=['cache'])
+    cache, offset = mutated['cache'], _cache_batch_axis(model)
 
     def fn(state):
       logits, mutated = module.apply(

@@ -277,3 +277,59 @@ def test_restore_into_another_mesh(tmp_path):
   assert kernel.sharding.mesh.shape == {'data': 2, 'fsdp': 4}
   assert kernel.addressable_shards[0].data.shape == (64, 8)
   _assert_equal(r.state, _state(7, seed=3))
+
+
+def test_other_model_is_a_clear_error_not_a_fallback(tmp_path):
+  d = str(tmp_path / 'checkpoints')
+  _save_steps(d, [10, 20])
+  other = _state(0)
+  other = other.replace(params={**other.params, 'bias': jnp.zeros(5)})
+  with pytest.raises(checkpoints.CheckpointMismatchError,
+                     match=r'step 20 .*params/bias has shape \(32,\) in the '
+                     r'checkpoint but \(5,\) here'):
+    checkpoints.Checkpointer(d).restore(checkpoints._abstract(other))
+  assert sorted(checkpoints.step_dirs(d)) == [10, 20]  # nothing moved
+  with pytest.raises(checkpoints.CheckpointMismatchError, match='bias'):
+    checkpoints.restore_params(d, checkpoints._abstract(other.params))
+
+
+def test_train_state_moves_between_mesh_shapes(tmp_path):
+  """A real TrainState (tiny T5, Adafactor) saved on fsdp=8 restores on
+  data=2 x fsdp=4 with identical params and optimizer state."""
+  from configs import default
+  from configs import models as sizes
+  from t5x_lite import models
+  from t5x_lite import optimizers
+  from t5x_lite import partitioning
+  from t5x_lite import trainer
+
+  def setup(mesh_dims):
+    c = sizes.apply_size(default.get_config(), 'tiny')
+    c.model.vocab_size = 128
+    c.model.num_encoder_layers = c.model.num_decoder_layers = 1
+    c.task.feature_lengths = dict(inputs=16, targets=8)
+    c.optimizer.min_dim_size_to_factor = 16
+    c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh_dims
+    model = models.from_config(c)
+    tx, _ = optimizers.make_optimizer(c)
+    mesh = partitioning.make_mesh(c.mesh)
+    return c, model, tx, mesh
+
+  c, model, tx, mesh = setup((1, 8, 1))
+  state, _ = trainer.create_train_state(model, tx, c, mesh,
+                                        jax.random.PRNGKey(3))
+  emb = state.params['token_embedder']['embedding']
+  assert tuple(emb.sharding.spec)[-1] == 'fsdp'  # [vocab, embed]
+  d = str(tmp_path / 'checkpoints')
+  with checkpoints.Checkpointer(d) as ckpt:
+    ckpt.save(1, state, data={'batches_consumed': {'0': 1}})
+
+  c, model, tx, mesh = setup((2, 4, 1))
+  abstract, shardings = trainer.abstract_train_state(model, tx, c, mesh)
+  r = checkpoints.Checkpointer(d).restore(abstract)
+  emb = r.state.params['token_embedder']['embedding']
+  assert emb.sharding.mesh.shape['fsdp'] == 4
+  assert emb.addressable_shards[0].data.shape == (128, 64 // 4)
+  jax.tree.map(lambda x, s: np.testing.assert_equal(x.sharding, s),
+               r.state, shardings)
+  _assert_equal(r.state, jax.device_get(state))

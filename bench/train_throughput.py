@@ -1,0 +1,219 @@
+"""Training throughput: one JSON line per (config, batch, remat) measurement.
+
+    python bench/train_throughput.py --config=configs/pretrain_t5.py:base --batch=128
+    python bench/train_throughput.py --config=configs/pretrain_t5.py:base --sweep \
+        --sweep_batches=32,64,128 --sweep_remat=none,save_dots_no_batch,full
+
+Runs without TensorFlow or seqio: batches are synthetic tokens of the task's
+feature lengths (the step's cost does not depend on their values). Each line
+has config, batch, compile_s (process start to the first step done), step_s
+(median of --steps timed steps after --warmup), tokens_per_s, mfu (matmul FLOPs
+of t5x_lite/flops.py, the formula of shared/bench/t5flops.py, over the device's
+peak), peak_mem_gb. A sweep runs every point in a fresh subprocess, so compile
+times and memory peaks are each point's own; a point that runs out of memory
+prints a line with "error" instead of stopping the sweep.
+
+XLA flags for GPUs are applied here (not on import of t5x_lite): see
+GPU_XLA_FLAGS and the README's performance section.
+"""
+import time
+
+_PROCESS_START = time.time()
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+import os
+import resource
+import subprocess
+import sys
+
+# Flags XLA documents for H100 training throughput; set before JAX starts.
+GPU_XLA_FLAGS = (
+    '--xla_gpu_enable_latency_hiding_scheduler=true '
+    '--xla_gpu_enable_highest_priority_async_stream=true')
+
+if '--no_gpu_flags' not in sys.argv and 'XLA_FLAGS' not in os.environ:
+  os.environ['XLA_FLAGS'] = GPU_XLA_FLAGS  # ignored by the CPU backend
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from absl import app
+from absl import flags
+import jax
+import jax.numpy as jnp
+from ml_collections import config_flags
+import numpy as np
+
+from t5x_lite import config as config_lib
+from t5x_lite import flops
+from t5x_lite import models
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+from t5x_lite import trainer
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
+_BATCH = flags.DEFINE_integer('batch', 0, 'Global batch (0: the config\'s).')
+_STEPS = flags.DEFINE_integer('steps', 20, 'Timed steps (median reported).')
+_WARMUP = flags.DEFINE_integer('warmup', 3, 'Untimed steps after the first.')
+_SWEEP = flags.DEFINE_bool('sweep', False, 'Sweep batches x remat policies.')
+_SWEEP_BATCHES = flags.DEFINE_list('sweep_batches', ['32', '64', '128'],
+                                   'Batches for --sweep.')
+_SWEEP_REMAT = flags.DEFINE_list('sweep_remat',
+                                 ['none', 'save_dots_no_batch', 'full'],
+                                 'Remat policies for --sweep.')
+_PEAK = flags.DEFINE_float('peak_tflops', 0.0,
+                           'Peak dense TFLOP/s of one device (0: by kind).')
+_OUTPUT = flags.DEFINE_string('output', '', 'Also append JSON lines here.')
+flags.DEFINE_bool('no_gpu_flags', False, 'Do not set GPU_XLA_FLAGS.')
+
+# Dense bf16 peaks per device (spec sheets); matmul-only MFU divides by these.
+PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'A100': 312.0, 'TPU v4': 275.0,
+               'TPU v5p': 459.0, 'TPU v5 lite': 197.0, 'TPU v6 lite': 918.0}
+
+
+def device_peak_flops():
+  """(peak FLOP/s of one device, where the number came from)."""
+  if _PEAK.value:
+    return _PEAK.value * 1e12, 'flag'
+  kind = jax.devices()[0].device_kind
+  for name, tflops in PEAK_TFLOPS.items():
+    if name.lower() in kind.lower():
+      return tflops * 1e12, kind
+  # CPU: cores x 2.5 GHz x 32 fp32 FLOP/cycle (two AVX2 FMA units): a nominal
+  # figure so CPU lines carry an MFU too; not comparable with accelerators.
+  cores = os.cpu_count() or 1
+  return cores * 2.5e9 * 32 / jax.device_count(), 'cpu-nominal'
+
+
+def synthetic_batch(model, config, batch_size, seed=0):
+  """Random non-pad tokens in every feature; loss weights all ones."""
+  rng = np.random.default_rng(seed)
+  vocab = config.model.vocab_size
+  out = {}
+  for name, sds in model.input_shapes(config.task.feature_lengths,
+                                      batch_size).items():
+    if name.endswith('loss_weights'):
+      out[name] = np.ones(sds.shape, np.int32)
+    elif name == 'classifier_labels':
+      out[name] = rng.integers(0, config.model.num_classes, sds.shape,
+                               dtype=np.int32)
+    else:
+      out[name] = rng.integers(2, vocab, sds.shape, dtype=np.int32)
+  return out
+
+
+def peak_memory_gb():
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'peak_bytes_in_use' in stats:
+    return stats['peak_bytes_in_use'] / 2**30, 'device'
+  # CPU backends keep no device stats: the process's peak resident set.
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host_rss'
+
+
+def measure(config, config_name):
+  """Runs one point in this process; returns its JSON-able dict."""
+  batch_size = _BATCH.value or config.train.batch_size
+  config.train.batch_size = batch_size
+  config_lib.validate(config)
+  mesh = partitioning.make_mesh(config.mesh)
+  rules = partitioning.logical_rules(config)
+  model = models.from_config(config)
+  tx, _ = optimizers.make_optimizer(config)
+  state, shardings = trainer.create_train_state(
+      model, tx, config, mesh, jax.random.PRNGKey(config.train.seed))
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  step = trainer.make_train_step(model, tx, config, mesh, shardings,
+                                 batch_sharding)
+  # Batches live on device before timing: the step alone is measured.
+  batches = [partitioning.shard_batch(synthetic_batch(model, config,
+                                                      batch_size, s),
+                                      batch_sharding) for s in range(2)]
+  rng = jax.random.PRNGKey(1)
+
+  state, metrics = step(state, batches[0], rng)
+  jax.block_until_ready(metrics['loss'])
+  compile_s = time.time() - _PROCESS_START
+  for i in range(_WARMUP.value):
+    state, metrics = step(state, batches[i % 2], rng)
+  jax.block_until_ready(state)
+  times = []
+  for i in range(_STEPS.value):
+    t = time.perf_counter()
+    state, metrics = step(state, batches[i % 2], rng)
+    jax.block_until_ready(metrics['loss'])
+    times.append(time.perf_counter() - t)
+  step_s = float(np.median(times))
+
+  lens = models.sequence_lengths(config.model.arch, config.task.feature_lengths)
+  tokens = batch_size * sum(lens.values())
+  step_flops = flops.model_flops_per_step(config, batch_size)
+  peak, peak_source = device_peak_flops()
+  mem_gb, mem_source = peak_memory_gb()
+  return {
+      'bench': 'train_throughput',
+      'config': config_name,
+      'size': config.model.size,
+      'batch': batch_size,
+      'remat': config.model.remat_policy,
+      'dtype': config.model.dtype,
+      'attention_impl': config.model.attention_impl,
+      'compile_s': round(compile_s, 2),
+      'step_s': round(step_s, 5),
+      'tokens_per_s': round(tokens / step_s, 1),
+      'model_tflops_per_step': round(step_flops / 1e12, 4),
+      'mfu': round(step_flops / step_s / (peak * jax.device_count()), 4),
+      'peak_source': peak_source,
+      'peak_mem_gb': round(mem_gb, 3),
+      'mem_source': mem_source,
+      'loss': round(float(metrics['loss']), 4),
+      'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'platform': jax.default_backend(),
+  }
+
+
+def emit(line):
+  text = json.dumps(line)
+  print(text, flush=True)
+  if _OUTPUT.value:
+    with open(_OUTPUT.value, 'a') as f:
+      f.write(text + '\n')
+
+
+def sweep(argv):
+  """One subprocess per point: its own compile time and memory peak."""
+  passthrough = [a for a in argv[1:] if not a.startswith(
+      ('--sweep', '--batch=', '--output=', '--config.model.remat_policy='))]
+  for remat in _SWEEP_REMAT.value:
+    for batch in _SWEEP_BATCHES.value:
+      cmd = [sys.executable, os.path.abspath(__file__), *passthrough,
+             f'--batch={batch}', f'--config.model.remat_policy={remat}']
+      proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+      lines = [l for l in proc.stdout.splitlines() if l.startswith('{')]
+      if proc.returncode == 0 and lines:
+        emit(json.loads(lines[-1]))
+      else:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ['']
+        emit({'bench': 'train_throughput', 'config': _config_name(argv),
+              'batch': int(batch), 'remat': remat, 'error': tail[0][:300]})
+
+
+def _config_name(argv):
+  for a in argv:
+    if a.startswith('--config='):
+      return a.split('=', 1)[1]
+  return ''
+
+
+def main(argv):
+  if _SWEEP.value:
+    sweep(argv)
+    return
+  emit(measure(_CONFIG.value, _config_name(sys.argv)))
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

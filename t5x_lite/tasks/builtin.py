@@ -1,0 +1,113 @@
+"""Built-in tasks on the default corpora (python -m data.build).
+
+Registration needs no data: sources and the vocabulary check for their files
+only when a dataset is built, and then fail with "run `make data`".
+translate_en_de is registered only when its corpus was built.
+
+  shakespeare_span_corruption  T5 span corruption        (text_to_text)
+  shakespeare_prefix_lm        T5 prefix LM              (text_to_text)
+  shakespeare_causal_lm        full causal LM            (causal_lm)
+  shakespeare_mlm              BERT MLM 80/10/10         (masked_lm)
+  shakespeare_electra          ELECTRA masking 85/15     (masked_lm)
+  shakespeare_glm              GLM blank infilling       (glm)
+  sentiment                    "sentiment: <snippet>" -> fresh | rotten
+  sentiment_classification     the same as label 0 rotten / 1 fresh
+  next_line                    "next line: <line>" -> the next line
+  translate_en_de              "translate English to German: <en>" -> <de>
+  multitask_mixture            span corruption + sentiment + next_line
+                               (+ translate_en_de), examples-proportional
+"""
+import functools
+
+import seqio
+import tensorflow as tf
+
+from t5x_lite.tasks import corpora
+from t5x_lite.tasks import metrics
+from t5x_lite.tasks import postprocessors
+from t5x_lite.tasks import preprocessors as prep
+from t5x_lite.tasks import registry
+from t5x_lite.tasks import vocabularies
+
+SENTIMENT_LABELS = ('rotten', 'fresh')  # class ids 0 and 1
+# Examples-proportional mixing (T5) with this cap on a task's rate.
+MIXTURE_RATE_CAP = 10_000
+
+
+class CorpusSource(seqio.TextLineDataSource):
+  """Text lines of one built corpus; says how to build it when missing."""
+
+  def __init__(self, corpus):
+    self._corpus = corpus
+    super().__init__({s: corpora.split_path(corpus, s)
+                      for s in corpora.CORPORA[corpus][1]})
+
+  def list_shards(self, split):
+    corpora.require(self._corpus)
+    return super().list_shards(split)
+
+  def num_input_examples(self, split):
+    counts = corpora.num_examples(self._corpus)
+    return counts.get(split) if counts else None
+
+
+def examples_rate(task):
+  """min(train examples, cap): T5's examples-proportional mixing."""
+  return min(task.num_input_examples('train') or 1, MIXTURE_RATE_CAP)
+
+
+def _prose_task(name, objective, preprocessors, output_features):
+  vocab = vocabularies.default_vocabulary()
+  return registry.register_task(
+      name, CorpusSource('shakespeare'),
+      [prep.line_to_targets, seqio.preprocessors.tokenize,
+       seqio.CacheDatasetPlaceholder()] + preprocessors,
+      output_features(vocab), objective=objective)
+
+
+def register_all():
+  """(Re)registers every built-in task and the mixture."""
+  feats = vocabularies.output_features
+  eos_after = seqio.preprocessors.append_eos_after_trim
+  _prose_task('shakespeare_span_corruption', 'text_to_text',
+              [prep.span_corruption, eos_after], feats)
+  _prose_task('shakespeare_prefix_lm', 'text_to_text',
+              [prep.prefix_lm, eos_after], feats)
+  _prose_task('shakespeare_causal_lm', 'causal_lm', [prep.causal_lm],
+              lambda v: feats(v, add_eos=False, keys=('targets',)))
+  _prose_task('shakespeare_mlm', 'masked_lm', [prep.mlm], feats)
+  _prose_task('shakespeare_electra', 'masked_lm', [prep.electra_mask], feats)
+  _prose_task('shakespeare_glm', 'glm', [prep.glm_blank_infilling],
+              lambda v: feats(v, add_eos=False, keys=('targets',)))
+
+  registry.register_text_to_text(
+      'sentiment', CorpusSource('sentiment'), 'sentiment: ',
+      field_names=('label', 'text'), input_key='text', target_key='label',
+      metric_fns=[metrics.accuracy])
+  vocab = vocabularies.default_vocabulary()
+  registry.register_task(
+      'sentiment_classification', CorpusSource('sentiment'),
+      [functools.partial(prep.parse_tsv, field_names=('label', 'text')),
+       functools.partial(prep.label_to_id, label_classes=SENTIMENT_LABELS),
+       seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
+       prep.prepend_cls_and_append_eos],
+      {'inputs': seqio.Feature(vocab, add_eos=True),
+       'label': seqio.ContinuousFeature(dtype=tf.int32, rank=0)},
+      objective='classification')
+  registry.register_text_to_text(
+      'next_line', CorpusSource('next_line'), 'next line: ',
+      field_names=('line', 'next'), input_key='line', target_key='next',
+      metric_fns=[metrics.bleu, metrics.rouge],
+      postprocess_fn=postprocessors.strip)
+
+  mixed = ['shakespeare_span_corruption', 'sentiment', 'next_line']
+  seqio.TaskRegistry.remove('translate_en_de')
+  if corpora.is_built('translate_en_de'):
+    registry.register_text_to_text(
+        'translate_en_de', CorpusSource('translate_en_de'),
+        'translate English to German: ', field_names=('en', 'de'),
+        input_key='en', target_key='de', metric_fns=[metrics.bleu],
+        postprocess_fn=postprocessors.strip)
+    mixed.append('translate_en_de')
+  registry.register_mixture('multitask_mixture',
+                            [(name, examples_rate) for name in mixed])

@@ -1,0 +1,225 @@
+"""Feature converters: seqio's where they fit, ours where seqio has none.
+
+objective kind      encoder_decoder        decoder_only              encoder_only
+text_to_text        EncDecFeatureConverter PrefixLMFeatureConverter  -
+causal_lm           -                      LMFeatureConverter        -
+masked_lm           -                      -                         MaskedLMFeatureConverter
+glm                 -                      GLMFeatureConverter       -
+classification      -                      -                         ClassificationFeatureConverter
+
+Ours: seqio's EncoderFeatureConverter weights the loss only where the input
+is [MASK], which drops BERT's random/kept positions; GLM needs its 2D
+positions and its own causal split; a pooled classifier needs a scalar label.
+
+Task lengths from config.task.feature_lengths {inputs: I, targets: T}:
+text_to_text uses both (a decoder-only row is I + T long, as seqio's
+PrefixLM converter makes it); causal_lm and glm one sequence of I + T;
+masked_lm and classification the encoder length I.
+"""
+import seqio
+import tensorflow as tf
+
+FeatureSpec = seqio.FeatureConverter.FeatureSpec
+OBJECTIVE_KINDS = ('text_to_text', 'causal_lm', 'masked_lm', 'glm',
+                   'classification')
+_ARCH_FOR_KIND = {
+    'text_to_text': ('encoder_decoder', 'decoder_only'),
+    'causal_lm': ('decoder_only',),
+    'masked_lm': ('encoder_only',),
+    'glm': ('decoder_only',),
+    'classification': ('encoder_only',),
+}
+
+
+def _pack_or_pad_nonzero(converter, ds, lengths, shifted_keys):
+  """seqio packing with features that may hold 0 inside an example.
+
+  seqio's tf-ops packer measures each feature by its count of non-zero ids,
+  so 0/1 masks and 0-based positions would be cut short. Those features are
+  shifted by +1 for packing and back afterwards (padding stays 0).
+  """
+  if not converter.pack:
+    return seqio.utils.trim_and_pad_dataset(ds, lengths)
+
+  def _shift(x, delta):
+    x = dict(x)
+    for k in shifted_keys:
+      x[k] = tf.maximum(x[k] + delta, 0) if delta < 0 else x[k] + delta
+    return x
+
+  ds = ds.map(lambda x: _shift(x, 1), num_parallel_calls=tf.data.AUTOTUNE)
+  ds = seqio.utils.trim_and_pack_dataset(ds, lengths)
+  return ds.map(lambda x: _shift(x, -1), num_parallel_calls=tf.data.AUTOTUNE)
+
+
+class MaskedLMFeatureConverter(seqio.FeatureConverter):
+  """BERT MLM / ELECTRA: loss on every selected position (`loss_weights`).
+
+  Task features: inputs (masked), targets (original), loss_weights, all the
+  same length. Model features: encoder_input_tokens, encoder_target_tokens,
+  encoder_loss_weights (+ encoder_segment_ids/positions when packed).
+  """
+  TASK_FEATURES = {
+      'inputs': FeatureSpec(dtype=tf.int32),
+      'targets': FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+      'encoder_input_tokens': FeatureSpec(dtype=tf.int32),
+      'encoder_target_tokens': FeatureSpec(dtype=tf.int32),
+      'encoder_loss_weights': FeatureSpec(dtype=tf.int32),
+  }
+  PACKING_FEATURE_DTYPES = {
+      'encoder_segment_ids': tf.int32,
+      'encoder_positions': tf.int32,
+  }
+
+  def _convert_features(self, ds, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    if 'loss_weights' not in ds.element_spec:
+      raise ValueError('MaskedLMFeatureConverter needs the `loss_weights` '
+                       'feature from the mlm/electra_mask preprocessors.')
+    ds = _pack_or_pad_nonzero(
+        self, ds, {'inputs': length, 'targets': length, 'loss_weights': length},
+        shifted_keys=('loss_weights',))
+
+    def _convert(x):
+      d = {'encoder_input_tokens': x['inputs'],
+           'encoder_target_tokens': x['targets'],
+           'encoder_loss_weights': x['loss_weights']}
+      if self.pack:
+        d['encoder_segment_ids'] = x['inputs_segment_ids']
+        d['encoder_positions'] = x['inputs_positions']
+      return d
+
+    return ds.map(_convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    keys = list(self.MODEL_FEATURES) + (
+        list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
+    return {k: length for k in keys}
+
+
+GLM_FEATURES = ('inputs', 'targets', 'loss_weights', 'causal_attention',
+                'position_ids', 'block_position_ids')
+
+
+class GLMFeatureConverter(seqio.FeatureConverter):
+  """GLM blank infilling for a decoder-only model (no shifting: the
+  preprocessor already aligned inputs and targets).
+
+  Model features: decoder_input_tokens, decoder_target_tokens,
+  decoder_loss_weights, decoder_causal_attention (1 on part A),
+  decoder_positions (GLM's first position id: the [MASK]'s position for part
+  B) and decoder_block_positions (intra-span position, 0 on part A); packed
+  rows add decoder_segment_ids (positions already restart per example).
+  """
+  TASK_FEATURES = {'targets': FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {
+      'decoder_input_tokens': FeatureSpec(dtype=tf.int32),
+      'decoder_target_tokens': FeatureSpec(dtype=tf.int32),
+      'decoder_loss_weights': FeatureSpec(dtype=tf.int32),
+      'decoder_causal_attention': FeatureSpec(dtype=tf.int32),
+      'decoder_positions': FeatureSpec(dtype=tf.int32),
+      'decoder_block_positions': FeatureSpec(dtype=tf.int32),
+  }
+  PACKING_FEATURE_DTYPES = {'decoder_segment_ids': tf.int32}
+
+  def _convert_features(self, ds, task_feature_lengths):
+    length = task_feature_lengths['targets']
+    missing = [k for k in GLM_FEATURES if k not in ds.element_spec]
+    if missing:
+      raise ValueError(f'GLMFeatureConverter needs {missing} from the '
+                       'glm_blank_infilling preprocessor.')
+    ds = _pack_or_pad_nonzero(
+        self, ds, {k: length for k in GLM_FEATURES},
+        shifted_keys=GLM_FEATURES[1:])
+
+    def _convert(x):
+      d = {'decoder_input_tokens': x['inputs'],
+           'decoder_target_tokens': x['targets'],
+           'decoder_loss_weights': x['loss_weights'],
+           'decoder_causal_attention': x['causal_attention'],
+           'decoder_positions': x['position_ids'],
+           'decoder_block_positions': x['block_position_ids']}
+      if self.pack:
+        d['decoder_segment_ids'] = x['inputs_segment_ids']
+      return d
+
+    return ds.map(_convert, num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths['targets']
+    keys = list(self.MODEL_FEATURES) + (
+        list(self.PACKING_FEATURE_DTYPES) if self.pack else [])
+    return {k: length for k in keys}
+
+
+class ClassificationFeatureConverter(seqio.FeatureConverter):
+  """Pooled classification: encoder_input_tokens [L] and an int `label` [].
+
+  Never packs: a pooled first-token classifier reads one example per row.
+  """
+  TASK_FEATURES = {'inputs': FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {
+      'encoder_input_tokens': FeatureSpec(dtype=tf.int32),
+      'label': FeatureSpec(dtype=tf.int32, rank=0),
+  }
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack=False, **kwargs):
+    del pack  # a pooled classifier needs one example per row
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    if 'label' not in ds.element_spec:
+      raise ValueError('ClassificationFeatureConverter needs an int32 '
+                       '`label` feature.')
+    ds = seqio.utils.trim_and_pad_dataset(
+        ds, {'inputs': task_feature_lengths['inputs']})
+    return ds.map(lambda x: {'encoder_input_tokens': x['inputs'],
+                             'label': x['label']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    return {'encoder_input_tokens': task_feature_lengths['inputs'], 'label': 1}
+
+
+def check_arch(kind, arch, name):
+  """Raises ValueError naming the arch(s) that fit objective `kind`."""
+  if kind not in _ARCH_FOR_KIND:
+    raise ValueError(f'Unknown objective kind {kind!r}; one of '
+                     f'{", ".join(OBJECTIVE_KINDS)}.')
+  fits = _ARCH_FOR_KIND[kind]
+  if arch not in fits:
+    raise ValueError(
+        f'Task {name!r} ({kind}) does not fit model.arch={arch!r}; set '
+        f'--config.model.arch={fits[0]}'
+        + (f' (or {fits[1]})' if len(fits) > 1 else '') + '.')
+
+
+def for_objective(kind, arch, pack=True, name='?'):
+  """The feature converter for objective `kind` on model `arch`."""
+  check_arch(kind, arch, name)
+  if kind == 'text_to_text':
+    if arch == 'encoder_decoder':
+      return seqio.EncDecFeatureConverter(pack=pack)
+    return seqio.PrefixLMFeatureConverter(pack=pack)
+  return {
+      'causal_lm': seqio.LMFeatureConverter,
+      'masked_lm': MaskedLMFeatureConverter,
+      'glm': GLMFeatureConverter,
+      'classification': ClassificationFeatureConverter,
+  }[kind](pack=pack)
+
+
+def task_lengths(kind, feature_lengths):
+  """seqio task_feature_lengths for objective `kind` (see module doc)."""
+  inputs, targets = feature_lengths['inputs'], feature_lengths['targets']
+  if kind == 'text_to_text':
+    return {'inputs': inputs, 'targets': targets}
+  if kind in ('causal_lm', 'glm'):
+    return {'targets': inputs + targets}
+  if kind == 'masked_lm':
+    return {'inputs': inputs, 'targets': inputs}
+  return {'inputs': inputs}
