@@ -183,7 +183,10 @@ def emit(line):
 
 
 def sweep(argv):
-  """One subprocess per point: its own compile time and memory peak."""
+  """One subprocess per point: its own compile time and memory peak.
+
+  argv: the full command line (sys.argv), flags included.
+  """
   passthrough = [a for a in argv[1:] if not a.startswith(
       ('--sweep', '--batch=', '--output=', '--config.model.remat_policy='))]
   for remat in _SWEEP_REMAT.value:
@@ -208,8 +211,9 @@ def _config_name(argv):
 
 
 def main(argv):
+  del argv  # absl strips flags from it; the sweep re-passes sys.argv's
   if _SWEEP.value:
-    sweep(argv)
+    sweep(sys.argv)
     return
   emit(measure(_CONFIG.value, _config_name(sys.argv)))
 

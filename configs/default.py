@@ -39,6 +39,8 @@ def get_config(arg=None):
       generator_size_fraction=0.25,  # ELECTRA generator hidden size / discriminator's
       generator_layers_fraction=1.0,  # ELECTRA generator depth / discriminator's
       electra_disc_weight=50.0,  # ELECTRA loss = MLM + weight * replaced-token loss
+      objective='auto',  # auto: the arch's own loss | electra (encoder_only) | classify (encoder_only pooled head)
+      num_block_positions=0,  # decoder_only GLM: learned table of intra-span (block) positions; 0: none
   ))
 
   # ---- task: a registered seqio task or mixture ------------------------------

@@ -25,6 +25,9 @@ ACTIVATIONS = ('gelu', 'relu', 'linear', 'silu', 'gelu_new')
 OPTIMIZERS = ('adafactor', 'adamw')
 SCHEDULES = ('rsqrt', 'linear', 'cosine', 'constant')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
+# model.objective -> the arch it needs (None: any); models.from_config picks.
+OBJECTIVES = {'auto': None, 'electra': 'encoder_only',
+              'classify': 'encoder_only'}
 FEATURE_LENGTH_KEYS = ('inputs', 'targets')
 # Groups whose keys are free-form data rather than schema.
 _FREE_FORM = ('mesh.rules',)
@@ -60,6 +63,8 @@ class ModelConfig:
   generator_size_fraction: float = 0.25
   generator_layers_fraction: float = 1.0
   electra_disc_weight: float = 50.0
+  objective: str = 'auto'  # auto | electra | classify (models.from_config)
+  num_block_positions: int = 0  # GLM block-position embedding rows (0: none)
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':
@@ -163,6 +168,15 @@ def _check_model(m):
                       f'{m.dropout_rate}.')
   if not 0.0 < m.generator_size_fraction <= 1.0:
     raise ConfigError('model.generator_size_fraction must be in (0, 1].')
+  _one_of('model.objective', m.objective, tuple(OBJECTIVES))
+  needed = OBJECTIVES[m.objective]
+  if needed and m.arch != needed:
+    raise ConfigError(
+        f'model.objective={m.objective!r} needs model.arch={needed!r}, got '
+        f'{m.arch!r}; set --config.model.arch={needed}.')
+  if m.num_block_positions < 0:
+    raise ConfigError('model.num_block_positions must be >= 0 (0 disables '
+                      "GLM's block-position embedding).")
   if m.attention_impl == 'cudnn':
     import jax  # pylint: disable=g-import-not-at-top
     if jax.default_backend() != 'gpu':

@@ -19,6 +19,9 @@ def model_flops_per_step(config, batch_size: int = 0) -> float:
   """Training FLOPs of one step on `batch_size` rows (train.batch_size by
   default) at the task's feature lengths."""
   m = config.model
+  if m.get('objective', 'auto') == 'electra':  # generator + discriminator
+    from t5x_lite import electra  # pylint: disable=g-import-not-at-top
+    return electra.electra_flops_per_step(config, batch_size)
   batch = batch_size or config.train.batch_size
   lens = sequence_lengths(m.arch, config.task.feature_lengths)
   inner = m.num_heads * m.head_dim

@@ -181,6 +181,10 @@ def _all_processes_agree(ok: bool) -> bool:
 # ---- metrics bookkeeping ------------------------------------------------------------
 
 
+# Train-step metrics that are not per-step means of the model's metrics.
+_STEP_KEYS = frozenset(('num_tokens', 'learning_rate', 'is_finite', 'skipped'))
+
+
 class _Window:
   """Means of the per-step train metrics since the last log line."""
   MEAN_KEYS = ('loss', 'z_loss', 'accuracy', 'grad_norm')
@@ -197,8 +201,9 @@ class _Window:
     self.count += 1
     if m.get('is_finite', 1.0) > 0:  # skipped steps would poison the mean
       self.finite_count += 1
-      for k in self.MEAN_KEYS:
-        self.sums[k] += float(m[k])
+      # MEAN_KEYS, plus an objective's own metrics (ELECTRA's disc_accuracy...)
+      for k in set(self.MEAN_KEYS) | (set(m) - _STEP_KEYS):
+        self.sums[k] = self.sums.get(k, 0.0) + float(m[k])
 
   def means(self) -> Dict[str, float]:
     n = max(self.finite_count, 1)
@@ -383,9 +388,10 @@ def train_and_evaluate(config, workdir: str, *,
     if not n:
       return {}
     m = jax.device_get(models.finalize_metrics(sums))
-    return {'eval/loss': float(m['loss']), 'eval/accuracy':
-            float(m['accuracy']), 'eval/z_loss': float(m['z_loss']),
-            'eval/num_tokens': float(m['num_tokens']), 'eval/batches': n}
+    # loss, accuracy, z_loss, num_tokens and any objective-specific metric.
+    out = {f'eval/{k}': float(v) for k, v in m.items()}
+    out['eval/batches'] = n
+    return out
 
   lens = models.sequence_lengths(config.model.arch,
                                  config.task.feature_lengths)

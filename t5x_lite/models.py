@@ -65,12 +65,19 @@ def finalize_metrics(sums: Mapping[str, jax.Array],
   per real token; num_tokens is the weight sum.
   """
   n = sums['num_tokens']
-  return {
+  metrics = {
       'loss': losses.normalize(sums['loss'], n, loss_normalizing_factor),
       'z_loss': losses.normalize(sums['z_loss'], n, loss_normalizing_factor),
       'accuracy': losses.normalize(sums['correct'], n, 0.0),
       'num_tokens': n,
   }
+  # Objective-specific sums (ELECTRA's): a `<name>_num` / `<name>_den` pair
+  # becomes the metric `<name>` = num / den.
+  for key in sums:
+    if key.endswith('_num') and key[:-4] + '_den' in sums:
+      metrics[key[:-4]] = losses.normalize(sums[key], sums[key[:-4] + '_den'],
+                                           0.0)
+  return metrics
 
 
 class BaseModel(abc.ABC):
@@ -285,9 +292,17 @@ class EncoderOnlyModel(BaseModel):
       logits = logits[:, None, :]  # [batch, 1, classes]: one "token" per row
     return logits
 
+  def _check_features(self, batch):
+    if self.head == 'classify' and 'classifier_labels' not in batch:
+      # The seqio classification converter names the feature `label`.
+      if 'label' in batch:
+        return
+    super()._check_features(batch)
+
   def _targets_and_weights(self, batch):
     if self.head == 'classify':
-      labels = batch['classifier_labels'].reshape(-1, 1)  # [batch, 1]
+      labels = batch.get('classifier_labels', batch.get('label'))
+      labels = labels.reshape(-1, 1)  # [batch, 1]
       weights = batch.get('classifier_weights')
       if weights is None:
         weights = jnp.ones(labels.shape, jnp.float32)
@@ -312,6 +327,11 @@ def from_config(config, *, model_class: Optional[type] = None,
   config.train (z_loss, label_smoothing, loss_normalizing_factor)."""
   from t5x_lite import network  # pylint: disable=g-import-not-at-top
   cfg = ModelConfig.from_config(config.model)
+  if model_class is None and cfg.objective == 'electra':
+    from t5x_lite import electra  # pylint: disable=g-import-not-at-top,unused-import
+    model_class = MODEL_CLASSES['electra']  # registered by t5x_lite.electra
+  if model_class is None and cfg.objective == 'classify':
+    model_kwargs.setdefault('head', 'classify')
   cls = model_class or MODEL_CLASSES.get(cfg.arch)
   if cls is None:
     raise ConfigError(f'model.arch={cfg.arch!r} is not one of '

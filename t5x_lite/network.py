@@ -22,6 +22,8 @@ Param tree (scanned; unrolled has layers_<i>/ in place of layers/):
                   DecoderOnly)
   decoder/decoder_norm/scale
   decoder/logits_dense/kernel                   [embed, vocab] (untied only)
+  decoder/block_position_embedder/embedding     [num_block_positions, embed]
+                                                (GLM; num_block_positions > 0)
 EncoderOnly adds mlm_head/, mlm_bias, rtd_head/, classifier/ (all created at
 init, whichever head is asked for, so one param tree serves every head).
 
@@ -261,18 +263,33 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, tokens, encoded=None, enc_dec_mask=None,
-               segment_ids=None, positions=None, causal_attention=None, *,
-               enable_dropout=False, decode=False, prefill=False,
-               prefill_lengths=None, max_decode_length=None):
+               segment_ids=None, positions=None, causal_attention=None,
+               block_positions=None, *, enable_dropout=False, decode=False,
+               prefill=False, prefill_lengths=None, max_decode_length=None):
     cfg, det = self.config, not enable_dropout
     drop = nn.Dropout(cfg.dropout_rate)
     length = tokens.shape[1]
-    x = drop(self.shared_embedding(tokens.astype(jnp.int32)), deterministic=det)
+    x = self.shared_embedding(tokens.astype(jnp.int32))
+    if cfg.num_block_positions > 0:
+      # GLM's second position (intra-span index, 0 on part A): a learned
+      # embedding added to part-B tokens. `positions` (the span's [MASK]
+      # position) drive the relative bias as usual, so part-B tokens of one
+      # span differ only by this. Larger indices share the last row.
+      table = layers.Embed(cfg.num_block_positions, cfg.emb_dim,
+                           dtype=_dtype(cfg), name='block_position_embedder')
+      bp = (jnp.zeros_like(tokens, jnp.int32) if block_positions is None
+            else block_positions.astype(jnp.int32))
+      emb = table(jnp.clip(bp, 0, cfg.num_block_positions - 1))
+      x = x + jnp.where((bp > 0)[..., None], emb, 0).astype(x.dtype)
+    x = drop(x, deterministic=det)
     x = nn.with_logical_constraint(x, EMBED)
+    # GLM (num_block_positions > 0): part B attends to context on both sides
+    # of its [MASK] (keys at larger positions), which causal buckets would
+    # all lump into bucket 0; bidirectional buckets tell them apart.
     relpos = layers.RelativePositionBiases(
         cfg.relative_attention_num_buckets,
         cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=False, name='relpos_bias')
+        bidirectional=cfg.num_block_positions > 0, name='relpos_bias')
     if decode:
       # Bias for every (query, key) of the cache; each attention layer picks
       # the row of its cache index (T5X). The step mask comes from the cache.
@@ -362,14 +379,18 @@ class DecoderOnly(nn.Module):
     self.decoder = Decoder(cfg, self.token_embedder, cross_attention=False)
 
   def __call__(self, decoder_input_tokens, decoder_segment_ids=None,
-               decoder_positions=None, decoder_causal_attention=None, *,
+               decoder_positions=None, decoder_causal_attention=None,
+               decoder_block_positions=None, *,
                enable_dropout=False, decode=False, max_decode_length=None,
                prefill=False, prefill_lengths=None):
     """prefill=True: full-length forward that also fills the 'cache' and sets
     each row's cache index to prefill_lengths [batch] (default: the length);
-    the next decode=True call feeds the token at that position."""
+    the next decode=True call feeds the token at that position.
+    decoder_block_positions: GLM's intra-span positions (used when
+    cfg.num_block_positions > 0)."""
     return self.decoder(decoder_input_tokens, None, None, decoder_segment_ids,
                         decoder_positions, decoder_causal_attention,
+                        decoder_block_positions,
                         enable_dropout=enable_dropout, decode=decode,
                         prefill=prefill, prefill_lengths=prefill_lengths,
                         max_decode_length=max_decode_length)

@@ -64,7 +64,16 @@ def parse_flags(argv):
     _fail(_explain_override(argv, e))
 
 
+class _QuietLibraries:
+  """Drops Orbax's per-save INFO chatter (dozens of lines per checkpoint)
+  from the absl log; its warnings and errors still show."""
+
+  def filter(self, record) -> bool:
+    return record.levelno >= 30 or '/orbax/' not in record.pathname
+
+
 def main(argv):
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   if len(argv) > 1:
     _fail(f'unexpected arguments {argv[1:]}; flags look like --name=value.')
   try:

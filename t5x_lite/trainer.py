@@ -162,7 +162,12 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
 
     zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
     zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
-    sums0 = {k: jnp.zeros((), jnp.float32) for k in models_lib.SUM_KEYS}
+    # Zeros shaped like the model's sums (SUM_KEYS plus any extra ones,
+    # e.g. ELECTRA's), from an abstract trace of one microbatch.
+    sums0 = jax.tree.map(
+        lambda s: jnp.zeros(s.shape, jnp.float32),
+        jax.eval_shape(lambda p, mb: grad_fn(p, mb, rng, enable_dropout=True)[1],
+                       params, jax.tree.map(lambda x: x[0], micro)))
     (grads, sums), _ = jax.lax.scan(
         body, (zeros, sums0), (jnp.arange(num_micro), micro))
     return grads, sums

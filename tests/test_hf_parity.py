@@ -168,7 +168,7 @@ def test_relative_position_bucket_matches_hf():
   from transformers.models.t5.modeling_t5 import T5Attention  # pylint: disable=g-import-not-at-top
   rel = np.arange(-600, 600)
   for bidirectional in (True, False):
-    for buckets, dist in ((32, 128), (32, 256), (64, 512), (16, 64)):
+    for buckets, dist in ((32, 128), (64, 512), (16, 64)):
       want = T5Attention._relative_position_bucket(  # pylint: disable=protected-access
           torch.tensor(rel), bidirectional, buckets, dist).numpy()
       got = layers.relative_position_bucket(jnp.asarray(rel), bidirectional,
@@ -176,9 +176,11 @@ def test_relative_position_bucket_matches_hf():
       np.testing.assert_array_equal(np.asarray(got), want)
 
 
-def test_cli_import_export_round_trip(hf_dir, tmp_path):
+def test_cli_import_export_round_trip(tmp_path):
   """The CLI writes a params-only Orbax checkpoint + config.json and exports
-  it back to the same HF weights."""
+  it back to the same HF weights (T5.1.1; one variant keeps it quick)."""
+  hf_dir = str(tmp_path / 'hf')
+  _hf_model('gated-gelu', False, seed=1).save_pretrained(hf_dir)
   ckpt, out = str(tmp_path / 'ckpt'), str(tmp_path / 'hf_out')
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   for args in (['import', f'--hf_dir={hf_dir}', f'--out={ckpt}'],
