@@ -505,7 +505,8 @@ def _decode_encoder_decoder(model, s, use_cache, params, batch, rng):
   return _run_search(s, inputs, cache, fn, rng, None, offset)
 
 
-def _decode_decoder_only(model, s, use_cache, params, batch, rng):
+def _decode_decoder_only(model, s, use_cache, params, batch, rng,
+                         prefix_lm):
   module = model.module
   dec_in = batch['decoder_input_tokens'].astype(jnp.int32)  # [batch, L]
   n, (bsz, length) = s.num_beams, dec_in.shape
@@ -519,8 +520,11 @@ def _decode_decoder_only(model, s, use_cache, params, batch, rng):
   prompt_len = prompt_lengths(inputs)  # [batch]
   positions = jnp.arange(length)[None, :]
   # Prefix LM: BOS and the prompt attend bidirectionally (seqio's
-  # decoder_causal_attention covers input positions 0..prompt_len).
-  prefix = None if causal is None else (
+  # decoder_causal_attention covers input positions 0..prompt_len). A causal
+  # LM's prompt is marked the same way but stays causal.
+  if prefix_lm is None:
+    prefix_lm = causal is not None
+  prefix = None if causal is None or not prefix_lm else (
       positions <= prompt_len[:, None]).astype(jnp.int32)
   flat_prefix = None if prefix is None else expand_beams(prefix, n)
   variables = {'params': params}
@@ -560,13 +564,14 @@ def _decode_decoder_only(model, s, use_cache, params, batch, rng):
   return jnp.where(idx < length, cont, 0), scores
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _predict_jit(model, s: DecodeSettings, use_cache: bool, params, batch,
-                 rng):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _predict_jit(model, s: DecodeSettings, use_cache: bool, prefix_lm,
+                 params, batch, rng):
   if model.ARCH == 'encoder_decoder':
     return _decode_encoder_decoder(model, s, use_cache, params, batch, rng)
   if model.ARCH == 'decoder_only':
-    return _decode_decoder_only(model, s, use_cache, params, batch, rng)
+    return _decode_decoder_only(model, s, use_cache, params, batch, rng,
+                                prefix_lm)
   raise ValueError(
       f'Decoding needs an encoder_decoder or decoder_only model; '
       f'{type(model).__name__} is {model.ARCH!r} (score it instead).')
@@ -577,7 +582,8 @@ _DECODE_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens',
 
 
 def predict_batch(model, params, batch: Mapping[str, Any], decoding_cfg,
-                  rng: Optional[jax.Array] = None, *, use_cache: bool = True
+                  rng: Optional[jax.Array] = None, *, use_cache: bool = True,
+                  prefix_lm: Optional[bool] = None
                   ) -> Tuple[jax.Array, jax.Array]:
   """Decodes a batch with `model` (a t5x_lite.models model).
 
@@ -593,6 +599,10 @@ def predict_batch(model, params, batch: Mapping[str, Any], decoding_cfg,
       max_decode_length, seed, eos_id.
     rng: sampling key; default PRNGKey(decoding_cfg.seed).
     use_cache: False runs the recompute-everything reference (tests).
+    prefix_lm: decoder-only only: whether the prompt (marked by
+      decoder_causal_attention) attends bidirectionally, as a prefix LM was
+      trained; None: yes when the batch has decoder_causal_attention. False
+      decodes a causal LM from the marked prompt.
 
   Returns:
     (tokens [batch, len] int32, zeros after EOS; a decoder-only prompt is
@@ -604,4 +614,6 @@ def predict_batch(model, params, batch: Mapping[str, Any], decoding_cfg,
     rng = jax.random.PRNGKey(s.seed)
   feats = {k: jnp.asarray(v) for k, v in batch.items()
            if k in _DECODE_FEATURES}
-  return _predict_jit(model, s, bool(use_cache), params, feats, rng)
+  return _predict_jit(model, s, bool(use_cache),
+                      None if prefix_lm is None else bool(prefix_lm), params,
+                      feats, rng)

@@ -65,7 +65,8 @@ def _env(**extra):
          if not k.startswith(('T5X_LITE_COORDINATOR', 'T5X_LITE_NUM',
                               'T5X_LITE_PROCESS', 'SLURM_'))}
   env.update(JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, PYTHON=sys.executable,
-             TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='', **extra)
+             TF_CPP_MIN_LOG_LEVEL='2', XLA_FLAGS='')
+  env.update(extra)
   return env
 
 

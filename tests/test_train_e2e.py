@@ -276,7 +276,7 @@ def test_command_line_overrides_and_clear_config_errors(tmp_path, jax_cache):
       ('train.num_stepz=3', "train has no key 'num_stepz'. Did you mean "
        "'num_steps'?"),
       ('task.name=shakespeare_span_corruptoin', "Did you mean "
-       "'shakespeare_span_corruption'?"),
+       "'shakespeare_span_corruption'"),
       ('mesh.data=3', 'does not divide 8 devices')):
     bad = str(tmp_path / 'bad')
     run = _run(_train_cmd(bad, override), jax_cache)

@@ -374,7 +374,7 @@ def glm_blank_infilling(dataset, sequence_length, output_features,
   """GLM (Du et al. 2022) autoregressive blank infilling, one sequence.
 
   Spans with Poisson(lambda) lengths (at least 1) are drawn until they cover
-  round(noise_density * n) tokens (the last one is cut to fit), then laid
+  floor(noise_density * n) tokens (the last one is cut to fit), then laid
   out at random without touching. Output, all int32 [len <= targets length]:
     inputs          part A (spans -> [MASK]) ++ for each span in shuffled
                     order: [S] span tokens
@@ -395,7 +395,8 @@ def glm_blank_infilling(dataset, sequence_length, output_features,
   def _infill(x, seeds):
     tokens = x['targets']
     n = tf.size(tokens)
-    num_noise = tf.cast(tf.round(tf.cast(n, tf.float32) * noise_density),
+    # floor: spans cover at most noise_density of the tokens.
+    num_noise = tf.cast(tf.floor(tf.cast(n, tf.float32) * noise_density),
                         tf.int32)
     num_noise = tf.minimum(tf.maximum(num_noise, 1), n - 1)
     # Span lengths: Poisson, at least 1, cut at the noise budget, and no

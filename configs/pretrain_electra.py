@@ -1,0 +1,57 @@
+r"""ELECTRA pretraining (replaced-token detection), any size.
+
+    python -m t5x_lite.train --config=configs/pretrain_electra.py:tiny \
+        --workdir=/tmp/electra_tiny
+
+The argument picks the discriminator size: tiny | small | base | large (the
+`encoder_<size>` rows of configs/models.py; `small` is ELECTRA-Small's dims).
+model.objective='electra' selects t5x_lite/electra.py: a generator
+model.generator_size_fraction (1/4) the discriminator's width sharing its
+token embedding, trained by MLM on shakespeare_electra's 15% selected
+positions; its Gumbel-max samples replace them, and the discriminator learns
+to flag replaced tokens. loss = MLM + model.electra_disc_weight (50) x RTD.
+Logged besides loss: disc_accuracy, disc_baseline_accuracy (all "original"),
+replaced_rate, masked_replaced_rate, mlm_loss, disc_loss, accuracy (the
+generator's MLM accuracy). Fine-tune the discriminator with
+configs/finetune_classifier.py after `electra.export_discriminator`.
+"""
+from configs import default
+from configs import models
+
+# size -> (sequence length, batch, steps, peak learning rate)
+RECIPES = {
+    'tiny': (128, 32, 1500, 2e-3),  # minutes on a laptop CPU
+    'small': (128, 128, 1_000_000, 5e-4),  # ELECTRA-Small
+    'base': (512, 256, 766_000, 2e-4),  # ELECTRA-Base
+    'large': (512, 2048, 400_000, 2e-4),
+}
+
+
+def get_config(size='tiny'):
+  size = size or 'tiny'
+  if size not in RECIPES:
+    raise ValueError(f'pretrain_electra size {size!r}: use one of '
+                     f'{", ".join(RECIPES)}.')
+  length, batch, steps, lr = RECIPES[size]
+  c = default.get_config()
+  models.apply_size(c, f'encoder_{size}')
+  c.model.objective = 'electra'
+  c.model.vocab_size = 4224  # the corpus vocabulary (4100), padded to 128
+  c.model.generator_size_fraction = 0.25
+  c.model.electra_disc_weight = 50.0
+  c.task.name = 'shakespeare_electra'
+  c.task.feature_lengths.inputs = length
+  c.task.feature_lengths.targets = length  # unused by masked_lm
+  c.train.batch_size = batch
+  c.train.num_steps = steps
+  c.train.log_every_steps = 50
+  c.optimizer.name = 'adamw'
+  c.optimizer.learning_rate = lr
+  c.optimizer.schedule = 'linear'
+  c.optimizer.warmup_steps = min(10_000, steps // 10)
+  c.optimizer.weight_decay = 0.01
+  c.optimizer.grad_clip_norm = 1.0
+  c.eval.every_steps = max(100, steps // 10)
+  c.eval.num_batches = 8
+  c.checkpoint.every_steps = max(500, steps // 10)
+  return c
