@@ -27,7 +27,8 @@
 set -euo pipefail
 
 usage() {
-  sed -n '2,27p' "$0" | sed 's/^# \{0,1\}//'
+  # The comment block at the top of this file (without #SBATCH lines).
+  awk 'NR == 1 || /^#SBATCH/ {next} /^#/ {sub(/^# ?/, ""); print; next} {exit}' "$0"
   exit "${1:-2}"
 }
 

@@ -10,7 +10,8 @@ runs the same command; this module decides how they find each other, in order:
    missing process id is taken from SLURM_PROCID / JOB_COMPLETION_INDEX, so
    one `srun` line or one JobSet pod template serves every task;
 3. JAX's own cluster detection (Cloud TPU VMs and GKE TPU pods, SLURM job
-   steps, Open MPI): `jax.distributed.initialize()` with no arguments;
+   steps and Open MPI jobs of more than one task): `jax.distributed.initialize()`
+   with no arguments;
 4. nothing: a single process needs no coordinator.
 
 `initialize` must run before anything touches a JAX backend (train.py calls it
@@ -83,9 +84,13 @@ def detect_cluster(environ: Optional[Mapping[str, str]] = None) -> str:
   /dev/vfio/N) or by the worker variables GKE and multi-slice jobs set.
   """
   environ = os.environ if environ is None else environ
-  if all(v in environ for v in _SLURM_STEP_VARS):
+  # One SLURM or MPI task is one process: JAX's detection would pin it to a
+  # single GPU (SLURM_LOCALID), hiding the others from `srun -n1 --gpus=8`.
+  if all(v in environ for v in _SLURM_STEP_VARS) and (
+      _int_env(environ, 'SLURM_NTASKS') or 0) > 1:
     return 'slurm'
-  if 'OMPI_MCA_orte_hnp_uri' in environ:
+  if 'OMPI_MCA_orte_hnp_uri' in environ and (
+      _int_env(environ, 'OMPI_COMM_WORLD_SIZE') or 2) > 1:
     return 'ompi'
   if any(environ.get(v) for v in _TPU_ENV_VARS):
     return 'tpu'

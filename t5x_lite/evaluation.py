@@ -47,7 +47,8 @@ STRUCTURAL_MODEL_KEYS = (
     'num_encoder_layers', 'num_decoder_layers', 'mlp_activations',
     'logits_via_embedding', 'relative_attention_num_buckets',
     'relative_attention_max_distance', 'layer_norm_epsilon', 'scan_layers',
-    'num_classes', 'generator_size_fraction', 'generator_layers_fraction')
+    'num_classes', 'generator_size_fraction', 'generator_layers_fraction',
+    'num_block_positions', 'objective')
 
 
 # ---- checkpoints -------------------------------------------------------------------

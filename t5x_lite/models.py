@@ -98,6 +98,7 @@ class BaseModel(abc.ABC):
     # anything else in a batch (targets, weights, extra seqio fields) is ours.
     self._call_args = frozenset(
         inspect.signature(type(module).__call__).parameters)
+    self._abstract_cache = {}
 
   # ---- shapes and init --------------------------------------------------------
 
@@ -134,8 +135,14 @@ class BaseModel(abc.ABC):
     return partitioning.unbox(self.init_boxed(rng, batch))
 
   def abstract_params(self, batch: Batch):
-    """Boxed ShapeDtypeStructs of the params (no computation)."""
-    return jax.eval_shape(self.init_boxed, jax.random.PRNGKey(0), batch)
+    """Boxed ShapeDtypeStructs of the params (no computation; memoised per
+    batch shapes, since tracing init is the slow part of building a state)."""
+    key = tuple(sorted((k, tuple(v.shape), str(v.dtype))
+                       for k, v in batch.items()))
+    if key not in self._abstract_cache:
+      self._abstract_cache[key] = jax.eval_shape(
+          self.init_boxed, jax.random.PRNGKey(0), batch)
+    return self._abstract_cache[key]
 
   # ---- forward and loss ---------------------------------------------------------
 

@@ -394,6 +394,9 @@ def test_plan_auto_detects_managed_clusters():
   assert (p.mode, p.source, p.initialize_kwargs()) == ('auto', 'slurm', {})
   # A SLURM batch step without srun is one process: JAX could not configure it.
   assert distributed.plan(None, {'SLURM_JOB_ID': '1'}).mode == 'single'
+  # So is a one-task step (`srun -n1 --gpus=8`): it keeps all of its GPUs.
+  assert distributed.plan(None, dict(slurm, SLURM_NTASKS='1')).mode == (
+      'single')
   p = distributed.plan(None, {'TPU_WORKER_HOSTNAMES': 'a,b'})
   assert (p.mode, p.source) == ('auto', 'tpu')
   p = distributed.plan(None, {'TPU_WORKER_HOSTNAMES': 'a,b',

@@ -75,14 +75,26 @@ def _batches(num, rows, seed=0):
   return out
 
 
+_MODELS = {}
+
+
+def _model(config):
+  # One model per model config: it memoises its abstract params (a trace).
+  key = config.model.to_json()
+  if key not in _MODELS:
+    _MODELS[key] = models.from_config(config)
+  return _MODELS[key]
+
+
 def _train(config, batches, devices=None):
-  model = models.from_config(config)
+  model = _model(config)
   tx, _ = optimizers.make_optimizer(config)
   mesh = partitioning.make_mesh(config.mesh, devices)
   rules = partitioning.logical_rules(config)
   state, shardings = trainer.create_train_state(
       model, tx, config, mesh, jax.random.PRNGKey(0))
   batch_sharding = partitioning.batch_sharding(mesh, rules)
+  init_params = jax.device_get(state.params)  # the step donates the state
   step = trainer.make_train_step(model, tx, config, mesh, shardings,
                                  batch_sharding)
   metrics = []
@@ -92,7 +104,8 @@ def _train(config, batches, devices=None):
     metrics.append(jax.device_get(m))
   return dict(model=model, tx=tx, mesh=mesh, state=state, step=step,
               shardings=shardings, batch_sharding=batch_sharding,
-              metrics=metrics, params=jax.device_get(state.params))
+              metrics=metrics, params=jax.device_get(state.params),
+              init_params=init_params)
 
 
 @pytest.fixture(scope='module')
@@ -228,20 +241,20 @@ def test_eval_and_score_steps_agree_with_training_loss(runs):
   model, mesh = run['model'], run['mesh']
   batch = _batches(1, BATCH)[0]  # the first training batch
   gbatch = partitioning.shard_batch(batch, run['batch_sharding'])
-  _, shardings = trainer.abstract_train_state(model, run['tx'], config, mesh)
-  params0, _ = trainer.create_train_state(
-      model, run['tx'], config, mesh, jax.random.PRNGKey(0))
-  eval_step = trainer.make_eval_step(model, config, mesh, shardings.params,
+  params0 = run['init_params']
+  eval_step = trainer.make_eval_step(model, config, mesh,
+                                     run['shardings'].params,
                                      run['batch_sharding'])
-  sums = jax.device_get(eval_step(params0.params, gbatch))
+  sums = jax.device_get(eval_step(params0, gbatch))
   metrics = models.finalize_metrics(sums)
   # At init (step 0) the eval loss is the first training step's loss.
   assert float(metrics['loss']) == pytest.approx(
       float(ref['metrics'][0]['loss']), abs=1e-5)
   assert float(sums['num_tokens']) == batch['decoder_loss_weights'].sum()
-  score_step = trainer.make_score_step(model, config, mesh, shardings.params,
+  score_step = trainer.make_score_step(model, config, mesh,
+                                       run['shardings'].params,
                                        run['batch_sharding'])
-  scores = np.asarray(score_step(params0.params, gbatch))
+  scores = np.asarray(score_step(params0, gbatch))
   assert scores.shape == (BATCH,) and np.all(scores < 0)
   # Without label smoothing, sum log p = -(cross entropy sum).
   assert scores.sum() == pytest.approx(-(sums['loss'] - sums['z_loss']),
