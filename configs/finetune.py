@@ -1,7 +1,8 @@
 r"""Fine-tune a pretrained T5 on a text-to-text task (default: sentiment).
 
     # 1. pretrain the tiny model on the shipped corpus (what `make run` does)
-    python -m t5x_lite.train --config=configs/local_tiny.py --workdir=runs/local_tiny
+    python -m t5x_lite.train --config=configs/local_tiny.py \
+        --workdir=runs/local_tiny
     # 2. fine-tune from its params (fresh optimizer state, dropout 0.1,
     #    constant learning rate)
     python -m t5x_lite.train --config=configs/finetune.py:tiny \

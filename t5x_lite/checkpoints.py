@@ -27,8 +27,8 @@ whose params are not all finite is never written.
 
 `restore_params(path)` loads params only (fine-tuning, eval, infer) from a
 training step dir, a checkpoints dir (its newest usable step) or the
-params-only format of t5x_lite/interop/hf.py (`<dir>/params`, an
-`ocp.StandardCheckpointer` tree, next to `<dir>/config.json`).
+params-only checkpoint of t5x_lite/interop/hf.py (an `ocp.StandardCheckpointer`
+tree {'params': ...} in <dir>, next to <dir>/config.json).
 """
 import dataclasses
 import json
@@ -49,7 +49,6 @@ CHECKPOINTS_DIR = 'checkpoints'
 UNUSABLE_DIR = 'unusable'  # inside the checkpoints dir; not a step name
 ITEMS = ('state', 'data', 'config')
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it last, in every step
-PARAMS_ONLY_ITEM = 'params'  # interop/hf.py's params-only format
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
 
@@ -448,9 +447,6 @@ def _restore_tree(path: str, abstract, *, subtree: Optional[str] = None):
   if abstract is None:
     tree = _tree_metadata(path)
     if subtree is not None:
-      if subtree not in tree:
-        raise CheckpointError(f'{path} holds no {subtree!r} subtree; it '
-                              f'holds {sorted(tree)}.')
       tree = tree[subtree]
     target, restore_args = tree, _numpy_target(tree)
   else:
@@ -464,10 +460,18 @@ def _restore_tree(path: str, abstract, *, subtree: Optional[str] = None):
   return restored[subtree] if subtree is not None else restored
 
 
-def resolve_params_path(path: str) -> str:
-  """The directory restore_params would read, with the kind in front.
+def _is_tree_dir(path: str) -> bool:
+  """An Orbax PyTree checkpoint directory (ocp.StandardCheckpointer's)."""
+  return os.path.isfile(os.path.join(path, '_METADATA'))
 
-  Returns 'params:<dir>' (params-only format) or 'state:<step dir>'.
+
+def resolve_params_path(path: str) -> str:
+  """What restore_params would read, as 'kind:directory'.
+
+  'state:<step dir>' for a training checkpoint (also when `path` is a
+  checkpoints dir or a workdir: its newest usable step), or 'params:<dir>'
+  for a params-only checkpoint (interop/hf.py: a StandardCheckpointer tree
+  {'params': ...} in <dir>, with <dir>/config.json next to it).
   Raises CheckpointError naming the path and the steps that exist.
   """
   path = os.path.abspath(os.path.expanduser(path))
@@ -475,14 +479,13 @@ def resolve_params_path(path: str) -> str:
     parent = os.path.dirname(path)
     hint = (f'; {_describe_steps(parent)}' if step_dirs(parent) else '')
     raise CheckpointError(f'Checkpoint path {path} does not exist{hint}.')
-  if os.path.isdir(os.path.join(path, PARAMS_ONLY_ITEM)) and not os.path.isdir(
-      os.path.join(path, 'state')):
-    return f'params:{os.path.join(path, PARAMS_ONLY_ITEM)}'
   if os.path.isdir(os.path.join(path, 'state')):
     reason = inspect_step(path, items=('state',))
     if reason:
       raise CheckpointError(f'Checkpoint {path} is unusable: {reason}.')
     return f'state:{path}'
+  if _is_tree_dir(path):
+    return f'params:{path}'
   # A checkpoints dir, or a workdir holding one.
   for directory in (path, checkpoint_dir(path)):
     steps = sorted(step_dirs(directory), reverse=True)
@@ -501,8 +504,8 @@ def resolve_params_path(path: str) -> str:
           'all incomplete or damaged (see the warnings above).')
   raise CheckpointError(
       f'No checkpoint at {path}: expected a step directory (with state/), a '
-      f'checkpoints directory or a params-only export (with params/); '
-      f'{_describe_steps(path)}.')
+      'checkpoints directory, a workdir or a params-only checkpoint (an Orbax '
+      f'tree with _METADATA); {_describe_steps(path)}.')
 
 
 def restore_params(path: str, abstract_params=None):
@@ -510,44 +513,43 @@ def restore_params(path: str, abstract_params=None):
 
   Args:
     path: a training step dir (…/checkpoints/<step>), a checkpoints dir or a
-      workdir (its newest usable step is used), or a params-only export
-      (a dir with `params/` saved by ocp.StandardCheckpointer, as
-      interop/hf.py writes).
+      workdir (its newest usable step is used), or a params-only checkpoint
+      (interop/hf.py's: an ocp.StandardCheckpointer tree {'params': ...}; a
+      tree without a 'params' key is taken as the params themselves).
     abstract_params: ShapeDtypeStructs with shardings to restore into (any
       mesh); None restores host numpy arrays shaped as stored.
   Returns:
     the params tree.
   Raises:
     CheckpointError: nothing usable at `path` (the message names the path and
-      the steps that exist), or the stored tree does not match.
+      the steps that exist), or the stored tree does not match
+      (CheckpointMismatchError).
   """
   kind, where = resolve_params_path(path).split(':', 1)
-  tree_path = where if kind == 'params' else os.path.join(where, 'state')
+  tree_path = os.path.join(where, 'state') if kind == 'state' else where
+  try:
+    stored = _tree_metadata(tree_path)
+  except Exception as e:  # pylint: disable=broad-except
+    raise CheckpointError(f'Cannot read the checkpoint at {tree_path}: '
+                          f'{type(e).__name__}: {_first_line(e)}') from e
+  subtree = 'params' if isinstance(stored, dict) and 'params' in stored else (
+      None)
+  if kind == 'state' and subtree is None:
+    raise CheckpointError(f'{tree_path} holds no params; it holds '
+                          f'{sorted(stored)}.')
   if abstract_params is not None:
-    try:
-      stored = _tree_metadata(tree_path)
-    except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(f'Cannot read the tree metadata of {tree_path}: '
-                            f'{type(e).__name__}: {_first_line(e)}') from e
-    if kind == 'state':
-      stored = stored.get('params', {}) if isinstance(stored, dict) else {}
-    mismatch = describe_mismatch(stored, abstract_params)
+    mismatch = describe_mismatch(stored[subtree] if subtree else stored,
+                                 abstract_params)
     if mismatch:
       raise CheckpointMismatchError(
           f'The params at {where} do not fit this model: {mismatch}. Check '
           'config.model against the config the checkpoint was trained with.')
   try:
-    if kind == 'params':
-      params = _restore_tree(where, abstract_params)
-    else:
-      params = _restore_tree(os.path.join(where, 'state'), abstract_params,
-                             subtree='params')
-  except CheckpointError:
-    raise
+    params = _restore_tree(tree_path, abstract_params, subtree=subtree)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f'Restoring params from {where} failed: {type(e).__name__}: '
-        f'{_first_line(e)}. Does the checkpoint match config.model?') from e
+        f'{_first_line(e)}') from e
   logging.info('Restored params from %s.', where)
   return params
 

@@ -1,4 +1,4 @@
-"""Autoregressive decoding: greedy, temperature/top-k/top-p sampling, beam search.
+"""Autoregressive decoding: greedy, temperature/top-k/top-p sampling, beams.
 
 T5X-style: the search algorithms know nothing about networks. They call
 
@@ -228,7 +228,7 @@ def expand_beams(x: jax.Array, beam_size: int, offset: int = 0) -> jax.Array:
 
 def gather_beams(x: jax.Array, beam_indices: jax.Array, old_beams: int,
                  offset: int = 0) -> jax.Array:
-  """Reorders flat [.., batch * old_beams, ..] by beam_indices [batch, new_beams].
+  """Reorders [.., batch * old_beams, ..] by beam_indices [batch, new_beams].
 
   Leaves whose axis `offset` is not batch * old_beams (scalars, anything not
   per row) are left alone.

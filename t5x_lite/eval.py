@@ -1,6 +1,7 @@
-r"""Evaluates a checkpoint. Intentionally short: flags in, `evaluation.evaluate`.
+r"""Evaluates a checkpoint. Intentionally short: flags in, `evaluate` out.
 
-  python -m t5x_lite.eval --config=configs/local_tiny.py --workdir=runs/local_tiny
+  python -m t5x_lite.eval --config=configs/local_tiny.py \
+      --workdir=runs/local_tiny
   python -m t5x_lite.eval --config=configs/finetune.py:tiny --workdir=/tmp/ft \
       --checkpoint=/tmp/ft/checkpoints/2000 --config.decoding.method=beam
 
@@ -47,6 +48,8 @@ def main(argv):
   from t5x_lite import evaluation  # pylint: disable=g-import-not-at-top
   try:
     config_lib.validate(config)
+    evaluation.resolve_checkpoint(
+        _CHECKPOINT.value or evaluation.default_checkpoint(_WORKDIR.value))
     evaluation.evaluate(config, _WORKDIR.value, _CHECKPOINT.value)
   except config_lib.ConfigError as e:
     _fail(f'config: {e}', 2)

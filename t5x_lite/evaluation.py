@@ -17,8 +17,8 @@ or an HF-imported params-only dir), then on config.task.eval_split:
   3. a few decoded samples (input / target / prediction), printed and logged.
 
 Results go to workdir/eval_results.json and TensorBoard (run "eval": event
-files and a metrics.jsonl under workdir/eval/). seqio (hence TensorFlow) is imported only when an
-evaluation runs, never by importing this module.
+files and a metrics.jsonl under workdir/eval/). seqio (hence TensorFlow) is
+imported only when an evaluation runs, never by importing this module.
 """
 import json
 import os
@@ -90,7 +90,7 @@ def _stored_config(kind: str, where: str) -> Dict[str, Any]:
   try:
     if kind == 'state':
       return checkpoints.read_json_item(where, 'config') or {}
-    with open(os.path.join(os.path.dirname(where), 'config.json')) as f:
+    with open(os.path.join(where, 'config.json')) as f:  # interop/hf.py layout
       return json.load(f)
   except (OSError, ValueError):
     return {}

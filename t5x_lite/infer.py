@@ -6,7 +6,8 @@ r"""Decodes (or scores) text with a checkpoint; JSON lines out.
       --checkpoint=runs/local_tiny/checkpoints --task_split=validation \
       --num_examples=4
   python -m t5x_lite.infer --config=configs/finetune.py:tiny --checkpoint=CKPT \
-      --input_file=inputs.jsonl --output=preds.jsonl --config.decoding.method=beam
+      --input_file=inputs.jsonl --output=preds.jsonl \
+      --config.decoding.method=beam
   python -m t5x_lite.infer --config=... --checkpoint=CKPT --mode=score \
       --input="sentiment: A gem." --targets=fresh
 
@@ -70,9 +71,12 @@ def main(argv):
     _fail('give exactly one of --input, --input_file or --task_split.', 2)
   config = _CONFIG.value
   from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
+  from t5x_lite import evaluation  # pylint: disable=g-import-not-at-top
   from t5x_lite import inference  # pylint: disable=g-import-not-at-top
   try:
     config_lib.validate(config)
+    # A bad checkpoint path fails here, before the input pipeline loads.
+    evaluation.resolve_checkpoint(_CHECKPOINT.value)
     if _INPUT.value:
       examples = inference.text_examples(config, _INPUT.value, _TARGETS.value)
     elif _INPUT_FILE.value:

@@ -1,4 +1,4 @@
-"""Inference: decode or score text with a checkpoint (the library behind infer.py).
+"""Inference: decode or score text with a checkpoint (behind infer.py).
 
     examples = inference.text_examples(config, ['summarize: ...'])
     examples = inference.file_examples(config, 'inputs.jsonl')
@@ -242,10 +242,10 @@ def run(config, checkpoint: str, examples: Sequence[Example], *,
       continue
     tokens, scores = predictor.predict(batch, prefix_lm=prefix_lm)
     for i, ex in enumerate(chunk):
-      rec = {'input': ex['input'],
-             'prediction': vocab.decode(evaluation.trim_decode(tokens[i], eos)),
-             'score': float(scores[i])}
+      rec = {'input': ex['input']}
       if 'target' in ex:
         rec['target'] = ex['target']
+      rec['prediction'] = vocab.decode(evaluation.trim_decode(tokens[i], eos))
+      rec['score'] = float(scores[i])
       records.append(rec)
   return records

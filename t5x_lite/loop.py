@@ -111,6 +111,16 @@ def _check_task(config):
         f'{", ".join(sorted(names))}.')
 
 
+def _float_weights(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
+  """Loss weights as float32 (seqio gives int32; the loss casts anyway).
+
+  One dtype for every batch, so a batch with fractional or non-finite weights
+  runs the same compiled step instead of compiling another.
+  """
+  return {k: (v.astype(np.float32) if k.endswith('loss_weights') else v)
+          for k, v in batch.items()}
+
+
 def _poison(batch: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
   """train.inject_nan_at_step: NaN loss weights, as a broken input would."""
   out = dict(batch)
@@ -382,7 +392,8 @@ def train_and_evaluate(config, workdir: str, *,
   def evaluate(params) -> Dict[str, float]:
     sums, n = None, 0
     for batch in eval_data:
-      s = eval_step(params, partitioning.shard_batch(batch, batch_sharding))
+      s = eval_step(params, partitioning.shard_batch(_float_weights(batch),
+                                                     batch_sharding))
       sums = s if sums is None else jax.tree.map(lambda a, b: a + b, sums, s)
       n += 1
     if not n:
@@ -480,7 +491,7 @@ def train_and_evaluate(config, workdir: str, *,
         logging.info('Step %d >= train.num_steps=%d: nothing to train.', step,
                      num_steps)
       while step < num_steps:
-        batch = next(train_data)
+        batch = _float_weights(next(train_data))
         consumed += 1
         if inject_at and step + 1 == inject_at:
           batch = _poison(batch)

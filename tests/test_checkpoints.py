@@ -240,14 +240,24 @@ def test_restore_params_every_format(tmp_path):
   # The newest step without its commit marker is skipped.
   os.remove(os.path.join(d, '20', checkpoints.COMMIT_MARKER))
   _assert_equal(checkpoints.restore_params(d), _state(10, seed=10).params)
-  # interop/hf.py's params-only export: <dir>/params + config.json.
+  # interop/hf.py's params-only checkpoint: {'params': ...} + config.json.
   export = tmp_path / 'export'
   with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(str(export / 'params'), want)
+    ckptr.save(str(export), {'params': want})
   (export / 'config.json').write_text(json.dumps({'model': {}}))
+  assert checkpoints.resolve_params_path(str(export)) == f'params:{export}'
   got = checkpoints.restore_params(str(export))
   _assert_equal(got, want)
   assert isinstance(jax.tree.leaves(got)[0], np.ndarray)
+  # Written by the interop helper itself.
+  from configs import default  # pylint: disable=g-import-not-at-top
+  from t5x_lite.interop import hf  # pylint: disable=g-import-not-at-top
+  hf.save_params_checkpoint(str(tmp_path / 'hf'), want, default.get_config())
+  _assert_equal(checkpoints.restore_params(str(tmp_path / 'hf')), want)
+  # ... or a bare params tree.
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(str(tmp_path / 'bare'), want)
+  _assert_equal(checkpoints.restore_params(str(tmp_path / 'bare')), want)
   # Into a mesh.
   mesh = Mesh(np.array(jax.devices()[:2]), ('fsdp',))
   target = jax.tree.map(

@@ -3,7 +3,6 @@ everything path; beam 1 == greedy; top-k 1 == greedy; seeded sampling is
 reproducible. First on a toy recurrent "network" (fast, exact), then on the
 real T5 encoder-decoder and decoder-only networks at tiny dims.
 """
-import functools
 
 import jax
 import jax.numpy as jnp
@@ -204,8 +203,9 @@ def test_max_decode_len_and_brevity_penalty():
 
 
 def _tiny(size, scan):
-  from configs import default, models as sizes  # pylint: disable=g-import-not-at-top
-  from t5x_lite import models  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from configs import default, models as sizes
+  from t5x_lite import models
   c = default.get_config()
   sizes.apply_size(c, size)
   c.model.vocab_size = 64

@@ -37,20 +37,62 @@ def _tokens(shape, seed=0):
                      jnp.int32)
 
 
+def _random_param(path, shape, rng):
+  """Test weights from numpy (no jitted flax init: its RNG-heavy compile
+  costs seconds per config on CPU). Kernels ~ 1/sqrt(fan_in); norm scales
+  near 1 so a mixed-up norm shows."""
+  name = jax.tree_util.keystr(path)
+  if 'scale' in name:
+    return (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+  if 'kernel' in name:
+    return (rng.standard_normal(shape) / np.sqrt(shape[-2])).astype(np.float32)
+  return rng.standard_normal(shape).astype(np.float32)  # embeddings, biases
+
+
+@functools.lru_cache(maxsize=None)
+def _module(cfg):
+  return network.build(cfg)
+
+
+@functools.lru_cache(maxsize=None)
+def _param_shapes(cfg):
+  variables = jax.eval_shape(_module(cfg).init, jax.random.PRNGKey(0),
+                             *network.dummy_inputs(cfg, 2, 8))
+  return nn.meta.unbox(variables['params'])
+
+
 def _init(cfg, seed=0):
-  module = network.build(cfg)
-  variables = jax.jit(module.init)(jax.random.PRNGKey(seed),
-                                   *network.dummy_inputs(cfg, 2, 8))
-  return module, nn.meta.unbox(variables['params'])
+  """(module, params) for cfg: eval_shape for the tree, numpy for values.
+  A scanned and an unrolled cfg with the same seed get the same weights."""
+  rng = np.random.default_rng(seed)
+  unrolled = network.unstack_layers(_param_shapes(cfg.replace(
+      scan_layers=False)))
+  params = jax.tree_util.tree_map_with_path(
+      lambda path, x: _random_param(path, x.shape, rng), unrolled)
+  if cfg.scan_layers:
+    params = network.stack_layers(params)
+  return _module(cfg), params
 
 
-def _apply(module, variables, *args, mutable=False, **static):
-  """Jitted module.apply (eager flax is op-by-op and slow); keyword
-  arguments are static (decode, head, method, ...)."""
+_JITS = {}
+
+
+def _apply(module, variables, *args, mutable=False, method=None, **kwargs):
+  """Jitted module.apply, one compiled function per (module, static
+  arguments). Array (or None) keyword arguments are traced, others static."""
   if not isinstance(variables, dict) or 'params' not in variables:
     variables = {'params': variables}
-  fn = lambda v, *a: module.apply(v, *a, mutable=mutable, **static)
-  return jax.jit(fn)(variables, *args)
+  dynamic = {k: v for k, v in kwargs.items()
+             if v is None or isinstance(v, (np.ndarray, jax.Array))}
+  static = tuple(sorted((k, v) for k, v in kwargs.items() if k not in dynamic))
+  mutable = tuple(mutable) if isinstance(mutable, list) else mutable
+  key = (id(module), method, mutable, static, tuple(sorted(dynamic)))
+  if key not in _JITS:
+    def fn(v, *a, **kw):
+      return module.apply(v, *a, mutable=list(mutable) if isinstance(
+          mutable, tuple) else mutable, method=method, **dict(static), **kw)
+    _JITS[key] = jax.jit(fn)
+  return _JITS[key](variables, *args, **dynamic)
 
 
 # ---- parameter counts -----------------------------------------------------------
@@ -109,18 +151,19 @@ def test_every_param_has_logical_axis_names():
 def test_scanned_equals_unrolled(arch):
   cfg = _cfg(arch, scan_layers=True)
   module, params = _init(cfg)
-  unrolled_module, unrolled_init = _init(cfg.replace(scan_layers=False))
-  converted = network.unstack_layers(params)
-  assert (jax.tree_util.tree_structure(converted) ==
-          jax.tree_util.tree_structure(unrolled_init))
+  unrolled_module, unrolled = _init(cfg.replace(scan_layers=False))
+  # The converters map the real init layouts onto each other.
+  shapes = lambda t: jax.tree_util.tree_map(lambda x: x.shape, t)
+  assert shapes(network.stack_layers(unrolled)) == shapes(_param_shapes(cfg))
+  assert shapes(network.unstack_layers(params)) == shapes(
+      _param_shapes(cfg.replace(scan_layers=False)))
   inputs = [_tokens((2, 8), seed=i) for i in range(
       len(network.dummy_inputs(cfg)))]
   a = _apply(module, params, *inputs)
-  b = _apply(unrolled_module, converted, *inputs)
+  b = _apply(unrolled_module, network.unstack_layers(params), *inputs)
   np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-  back = network.stack_layers(converted)
-  for x, y in zip(jax.tree_util.tree_leaves(back),
-                  jax.tree_util.tree_leaves(params)):
+  for x, y in zip(jax.tree_util.tree_leaves(network.unstack_layers(params)),
+                  jax.tree_util.tree_leaves(unrolled)):
     np.testing.assert_array_equal(x, y)
 
 
@@ -193,9 +236,10 @@ def test_packed_decoder_only_equals_segments_alone(prefix):
 # ---- KV-cache decoding --------------------------------------------------------------
 
 
-@pytest.mark.parametrize('scan', [True, False], ids=['scan', 'unrolled'])
-@pytest.mark.parametrize('cross_from_cache', [True, False],
-                         ids=['cached_cross_kv', 'recomputed_cross_kv'])
+@pytest.mark.parametrize('scan,cross_from_cache', [
+    (True, True), (True, False), (False, True)],
+                         ids=['scan-cached_cross_kv', 'scan-recomputed_cross_kv',
+                              'unrolled-cached_cross_kv'])
 def test_encoder_decoder_cache_matches_teacher_forcing(scan, cross_from_cache):
   cfg = _cfg('encoder_decoder', scan_layers=scan)
   module, params = _init(cfg)
@@ -204,12 +248,11 @@ def test_encoder_decoder_cache_matches_teacher_forcing(scan, cross_from_cache):
   dec = np.array(_tokens((2, 6), seed=3))
   dec[:, 0] = 0  # BOS
   full = _apply(module, params, enc, dec)
-  encoded = _apply(module, params, enc, method=module.encode)
+  encoded = _apply(module, params, enc, method='encode')
   # Cache creation: full-length dummy decoder input; also stores the
   # cross-attention keys/values of `encoded`.
-  _, state = _apply(module, params, encoded, enc,
-                          jnp.zeros_like(dec), decode=True,
-                          mutable=['cache'], method=module.decode)
+  _, state = _apply(module, params, encoded, enc, np.zeros_like(dec),
+                    decode=True, mutable=['cache'], method='decode')
   cache = state['cache']
   step_encoded = None if cross_from_cache else encoded
 
@@ -218,7 +261,7 @@ def test_encoder_decoder_cache_matches_teacher_forcing(scan, cross_from_cache):
     logits, state = module.apply(
         {'params': params, 'cache': cache}, step_encoded, enc, token,
         decode=True, max_decode_length=dec.shape[1], mutable=['cache'],
-        method=module.decode)
+        method='decode')
     return logits, state['cache']
 
   for i in range(dec.shape[1]):
@@ -237,9 +280,8 @@ def test_decoder_only_prefill_and_cache_match_teacher_forcing(prefix):
   full = _apply(module, params, toks, decoder_causal_attention=causal)
   # Prefill with junk after each prompt: decoding must overwrite it.
   buffer = np.where(pos < lens[:, None], toks, 7)
-  _, state = _apply(module, params, buffer,
-                          decoder_causal_attention=causal, prefill=True,
-                          prefill_lengths=lens, mutable=['cache'])
+  _, state = _apply(module, params, buffer, decoder_causal_attention=causal,
+                    prefill=True, prefill_lengths=lens, mutable=['cache'])
   cache = state['cache']
 
   @jax.jit
@@ -278,28 +320,31 @@ def test_decoder_only_cache_from_scratch():
 # ---- remat ------------------------------------------------------------------------
 
 
-def _loss_grad(cfg, params, enc, dec):
+def _loss_grad(cfg, params, *inputs):
   module = network.build(cfg)
+  targets = inputs[-1]
 
   def loss(p):
-    logits = module.apply({'params': p}, enc, dec, enable_dropout=True,
+    logits = module.apply({'params': p}, *inputs, enable_dropout=True,
                           rngs={'dropout': jax.random.PRNGKey(7)})
     logp = jax.nn.log_softmax(logits)
-    return -jnp.mean(jnp.take_along_axis(logp, dec[..., None], axis=-1))
+    return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
 
   return jax.jit(jax.grad(loss))(params)
 
 
-@pytest.mark.parametrize('scan', [True, False], ids=['scan', 'unrolled'])
-def test_remat_policies_give_the_same_gradients(scan):
+@pytest.mark.parametrize('arch,scan,policies', [
+    ('encoder_decoder', True, tuple(network.REMAT_POLICIES)),
+    ('decoder_only', False, ('full',))], ids=['scan', 'unrolled'])
+def test_remat_policies_give_the_same_gradients(arch, scan, policies):
   # Dropout on: remat must replay the same dropout masks when recomputing.
-  cfg = _cfg('encoder_decoder', scan_layers=scan, dropout_rate=0.1)
+  cfg = _cfg(arch, scan_layers=scan, dropout_rate=0.1)
   _, params = _init(cfg)
-  enc, dec = _tokens((2, 8)), _tokens((2, 6), seed=1)
-  want = _loss_grad(cfg, params, enc, dec)
-  policies = (list(network.REMAT_POLICIES) if scan else ['full'])
+  inputs = (_tokens((2, 8)), _tokens((2, 6), seed=1))[
+      :len(network.dummy_inputs(cfg))]
+  want = _loss_grad(cfg, params, *inputs)
   for policy in policies:
-    got = _loss_grad(cfg.replace(remat_policy=policy), params, enc, dec)
+    got = _loss_grad(cfg.replace(remat_policy=policy), params, *inputs)
     for a, b in zip(jax.tree_util.tree_leaves(got),
                     jax.tree_util.tree_leaves(want)):
       np.testing.assert_allclose(a, b, atol=1e-6, rtol=1e-5, err_msg=policy)

@@ -122,6 +122,9 @@ def split_tokens(dataset, max_tokens_per_segment, feature_key='targets',
         tf.reshape(padded, [-1, length]), lengths=seg_lengths)}
 
   dataset = dataset.map(_split, num_parallel_calls=AUTOTUNE).unbatch()
+  # unbatch leaves a ragged_rank-0 RaggedTensorSpec; a map makes it dense.
+  dataset = dataset.map(lambda x: {feature_key: x[feature_key]},
+                        num_parallel_calls=AUTOTUNE)
   if min_tokens > 1:
     dataset = dataset.filter(lambda x: tf.size(x[feature_key]) >= min_tokens)
   return dataset
