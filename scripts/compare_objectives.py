@@ -176,10 +176,19 @@ class Runner:
     self.eval_step = trainer.make_eval_step(
         self.model, config, self.mesh, self.shardings.params,
         self.batch_sharding)
+    shapes = self.model.input_shapes(config.task.feature_lengths, 1)
+
+    def init(rng):  # trainer.create_train_state's, jitted once per runner
+      params = self.model.init_params(rng, shapes)
+      return trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                                opt_state=self.tx.init(params))
+
+    self._init = jax.jit(init, out_shardings=self.shardings)
+    self.accuracy_fn = None  # set by test_accuracy on first use
+    self.params = {}  # seed -> pretrained params
 
   def init(self, seed, params=None):
-    state, _ = trainer.create_train_state(self.model, self.tx, self.config,
-                                          self.mesh, jax.random.PRNGKey(seed))
+    state = self._init(jax.random.PRNGKey(seed))
     if params is not None:
       _check_same_tree(state.params, params)
       params = jax.device_put(params, self.shardings.params)
@@ -259,23 +268,28 @@ def make_accuracy_fn(runner, arch):
       gold = jnp.argmax(tgt[:, None] == label_ids[None], -1)
       valid = jnp.any(tgt[:, None] == label_ids[None], -1)
     correct = jnp.sum((pred == gold) & valid)
-    return correct, jnp.sum(valid)
+    return correct, jnp.sum(valid), jnp.sum((gold == 1) & valid)
 
   return jax.jit(fn)
 
 
 def test_accuracy(runner, arch, params, drop=()):
   from t5x_lite import tasks
-  acc_fn = make_accuracy_fn(runner, arch)
+  if runner.accuracy_fn is None:
+    runner.accuracy_fn = make_accuracy_fn(runner, arch)
+  acc_fn = runner.accuracy_fn
   it = tasks.get_dataset(runner.config, TEST_SPLIT, batch_size=TEST_BATCH,
                          shuffle=False, num_epochs=1)
-  correct = total = 0
+  correct = total = fresh = 0
   for batch in it:
     batch = {k: v for k, v in batch.items() if k not in drop}
-    c, n = acc_fn(params, batch)
+    c, n, f = acc_fn(params, batch)
     correct += int(c)
     total += int(n)
-  return correct / max(total, 1), total
+    fresh += int(f)
+  # The majority-class accuracy: what always answering one label scores.
+  majority = max(fresh, total - fresh) / max(total, 1)
+  return correct / max(total, 1), total, majority
 
 
 # ---- the experiment --------------------------------------------------------------------
@@ -308,7 +322,6 @@ def pretrain(objective, seeds, runners):
            'train_loss_first': losses[0], 'train_loss_last': losses[-1],
            'seconds': time.time() - t0}
     out['seeds'][seed] = rec
-    runner.params = getattr(runner, 'params', {})
     runner.params[seed] = state.params
     logging.info('pretrain %s seed %d: %d steps, val loss %.3f -> %.3f '
                  '(%.0fs)', objective, seed, steps, before['loss'],
@@ -340,7 +353,8 @@ def finetune(name, arch, seeds, init_params, ft_runners):
     state = runner.init(seed, params)
     state, losses = runner.train(state, data, _FINETUNE_STEPS.value, seed,
                                  drop=drop)
-    acc, n = test_accuracy(runner, arch, state.params, drop=drop)
+    acc, n, majority = test_accuracy(runner, arch, state.params, drop=drop)
+    out['majority_class_accuracy'] = majority
     out['seeds'][seed] = {'test_accuracy': acc, 'test_examples': n,
                           'train_loss_first': losses[0],
                           'train_loss_last': float(np.mean(losses[-20:])),
@@ -432,6 +446,12 @@ def main(argv):
             f'{_LENGTH.value} tokens); fine-tuning: {_FINETUNE_STEPS.value} '
             f'steps of {_FT_BATCH.value}; seeds {seeds}; test split '
             f'{TEST_SPLIT}; {results["seconds"] / 60:.1f} min total.')
+  majority = [r.get('majority_class_accuracy') for r in
+              results['finetune'].values()]
+  if majority:
+    results['majority_class_accuracy'] = majority[0]
+    header += (f'\nAlways answering the majority label scores '
+               f'{100 * majority[0]:.1f}% on the test split.')
   if 'electra' in results['pretrain']:
     e = results['pretrain']['electra']['seeds']
     mean = lambda k: np.mean([r['val_after'][k] for r in e.values()])

@@ -14,6 +14,11 @@ One function, called by train.py and by tests:
      end; checkpoints every checkpoint.every_steps and at the end;
   4. on SIGTERM (preemption) finishes the step, checkpoints it and returns.
 
+tokens/s counts every input and target position of the global batch (padding
+included); MFU divides the analytic model FLOPs (t5x_lite/flops.py) by the
+accelerators' dense bf16 peak (metrics.PEAK_FLOPS; null on CPUs unless
+train.peak_flops_per_device is set).
+
 A non-finite loss or gradient norm stops the run with an error naming the step
 (nothing is checkpointed after the last good step), unless
 train.skip_nonfinite_updates, in which case the update is dropped and counted.
@@ -298,6 +303,15 @@ def train_and_evaluate(config, workdir: str, *,
     NonFiniteError: a non-finite step without train.skip_nonfinite_updates.
     checkpoints.CheckpointError: a checkpoint could not be read or written.
   """
+  # From here on SIGTERM checkpoints and returns instead of killing the
+  # process, set-up and compilation included.
+  with PreemptionWatcher() as preemption:
+    return _train(config, workdir, hooks, preemption)
+
+
+def _train(config, workdir: str, hooks: Sequence[Hook],
+           preemption: PreemptionWatcher) -> Dict[str, Any]:
+  """train_and_evaluate's body."""
   workdir = os.path.abspath(workdir)
   config_lib.validate(config)
   _check_task(config)
@@ -354,6 +368,13 @@ def train_and_evaluate(config, workdir: str, *,
   # ---- data ---------------------------------------------------------------------
   pid = str(jax.process_index())
   consumed = int(data_position.get('batches_consumed', {}).get(pid, 0))
+  saved_processes = data_position.get('process_count', jax.process_count())
+  if saved_processes != jax.process_count():
+    logging.warning(
+        'The checkpoint was written by %d processes, this run has %d: each '
+        'process skips %d batches of its new input shard, which is not the '
+        'data an uninterrupted run would see next.', saved_processes,
+        jax.process_count(), consumed)
   data_seed = int(config.train.seed)
   if restored is not None and not config.train.data_iterator_checkpointing:
     # No saved position: a fresh order rather than replaying the first batches.
@@ -439,6 +460,10 @@ def train_and_evaluate(config, workdir: str, *,
                         'update skipped (%d so far).', step, m['loss'],
                         m['grad_norm'], skipped_total)
       else:
+        try:
+          ckpt.wait_until_finished()  # so the message names a committed step
+        except checkpoints.CheckpointError as e:
+          logging.error('%s', e)
         good = ckpt.latest_step()
         raise NonFiniteError(
             f'Step {step} produced a non-finite loss or gradient: loss='
@@ -484,47 +509,50 @@ def train_and_evaluate(config, workdir: str, *,
   step = start_step
   pending = None
   try:
-    with PreemptionWatcher() as preemption:
-      if step == 0 and eval_every > 0 and num_steps > 0:
-        run_eval(0, state.params)  # the untrained loss: the curve's start
-      if step >= num_steps:
-        logging.info('Step %d >= train.num_steps=%d: nothing to train.', step,
-                     num_steps)
-      while step < num_steps:
-        batch = _float_weights(next(train_data))
-        consumed += 1
-        if inject_at and step + 1 == inject_at:
-          batch = _poison(batch)
-          logging.warning('train.inject_nan_at_step: NaN loss weights in the '
-                          'batch of step %d (testing).', step + 1)
-        shapes = _batch_shapes(batch)
-        state, m = train_step(
-            state, partitioning.shard_batch(batch, batch_sharding),
-            dropout_rng)
-        step += 1
-        # The previous step's metrics: ready by now, so this rarely blocks.
-        if pending is not None:
-          process(pending)
-        pending = (step, m, shapes)
-        for hook in hooks:
-          hook(step)
-        at_eval = step % eval_every == 0 or step == num_steps
-        at_ckpt = step % ckpt_every == 0 or step == num_steps
-        preempted = preemption.reached(step)
-        if at_eval or at_ckpt or preempted:
-          loss = process(pending)  # this step's metrics are needed now
-          pending = None
-          if at_eval and not preempted:
-            run_eval(step, state.params)
-          if at_ckpt or preempted:
-            save(step, state, loss)
-          throughput.start(step)  # keep eval and saving out of steps/s
-        if preempted:
-          logging.warning('Preempted: checkpointed step %d; exiting.', step)
-          break
+    preempted = preemption.reached(step)  # a SIGTERM during set-up
+    if step == 0 and eval_every > 0 and num_steps > 0 and not preempted:
+      run_eval(0, state.params)  # the untrained loss: the curve's start
+    if step >= num_steps:
+      logging.info('Step %d >= train.num_steps=%d: nothing to train.', step,
+                   num_steps)
+    while step < num_steps and not preempted:
+      batch = _float_weights(next(train_data))
+      consumed += 1
+      if inject_at and step + 1 == inject_at:
+        batch = _poison(batch)
+        logging.warning('train.inject_nan_at_step: NaN loss weights in the '
+                        'batch of step %d (testing).', step + 1)
+      shapes = _batch_shapes(batch)
+      state, m = train_step(
+          state, partitioning.shard_batch(batch, batch_sharding),
+          dropout_rng)
+      step += 1
+      # The previous step's metrics: ready by now, so this rarely blocks.
       if pending is not None:
         process(pending)
-      ckpt.wait_until_finished()
+      pending = (step, m, shapes)
+      for hook in hooks:
+        hook(step)
+      at_eval = step % eval_every == 0 or step == num_steps
+      at_ckpt = step % ckpt_every == 0 or step == num_steps
+      preempted = preemption.reached(step)
+      if at_eval or at_ckpt or preempted:
+        loss = process(pending)  # this step's metrics are needed now
+        pending = None
+        if at_eval and not preempted:
+          run_eval(step, state.params)
+        if at_ckpt or preempted:
+          save(step, state, loss)
+        throughput.start(step)  # keep eval and saving out of steps/s
+      if preempted:
+        logging.warning('Preempted: checkpointed step %d; exiting.', step)
+        break
+    if preempted and step == start_step:
+      logging.warning('SIGTERM before the first step: nothing new to '
+                      'checkpoint; exiting.')
+    if pending is not None:
+      process(pending)
+    ckpt.wait_until_finished()
   finally:
     try:
       ckpt.close()

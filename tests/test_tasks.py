@@ -159,6 +159,25 @@ def test_prefix_lm_task_on_a_decoder_only_model_concatenates():
   assert batch['decoder_loss_weights'].sum() > 0
 
 
+@needs_data
+def test_register_text_to_text_reads_a_tsv_text_line_source(tmp_path):
+  path = tmp_path / 'qa.tsv'
+  path.write_text('who is there\tnay answer me\n' * 8)
+  tasks.register_text_to_text(
+      'my_qa', seqio.TextLineDataSource({'train': str(path)}), 'question: ',
+      metric_fns=[metrics.accuracy])
+  try:
+    batch = next(tasks.get_dataset(_config('my_qa', shuffle=False), 'train',
+                                   batch_size=2))
+    vocab = tasks.get_vocabulary('my_qa')
+    assert vocab.decode(batch['encoder_input_tokens'][0].tolist()) == (
+        'question: who is there')
+    assert vocab.decode(batch['decoder_target_tokens'][0].tolist()) == (
+        'nay answer me')
+  finally:
+    seqio.TaskRegistry.remove('my_qa')
+
+
 def test_glue_and_stsb_formatting_match_t5(t5_tasks_on_corpus_vocab):
   del t5_tasks_on_corpus_vocab
   ds = tf.data.Dataset.from_tensors(

@@ -8,7 +8,8 @@ tests interrupt, damage or poison runs of the same config and compare:
   * SIGTERM: checkpoint at the current step, exit 0, exact resume;
   * a damaged newest checkpoint: warning, previous step restored, same losses;
   * command-line overrides work; typos and unknown tasks fail in one line;
-  * an injected NaN stops the run without a new checkpoint, or is skipped.
+  * an injected NaN stops the run without a new checkpoint, or is skipped;
+  * checkpoint.restore_from starts a new run from another run's params.
 Compiled executables are shared through JAX's persistent cache (module
 fixture), so only the first run pays for compilation.
 """
@@ -342,3 +343,19 @@ def test_nan_stops_without_checkpoint_or_is_skipped(tmp_path, jax_cache):
   assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [
       3, 6, 8]
   assert checkpoints.all_finite(_params(w))
+
+
+def test_restore_from_starts_with_those_params(reference, tmp_path, jax_cache):
+  w = str(tmp_path / 'finetune')
+  loop.train_and_evaluate(_config(
+      'train.num_steps=2', f'checkpoint.restore_from={reference["workdir"]}'),
+      w)
+  evals = {r['step']: r['eval/loss'] for r in metrics_lib.read_metrics(w)
+           if 'eval/loss' in r}
+  ref_evals = {r['step']: r['eval/loss'] for r in metrics_lib.read_metrics(
+      reference['workdir']) if 'eval/loss' in r}
+  # Step 0 of the new run evaluates the reference's final params.
+  assert evals[0] == ref_evals[STEPS]
+  data = checkpoints.read_json_item(os.path.join(w, 'checkpoints', '2'),
+                                    'data')
+  assert data['batches_consumed'] == {'0': 2}  # its own data position

@@ -183,6 +183,14 @@ def test_params_really_carry_rule_shardings(runs):
   spec = params[wi].sharding.spec
   # [layers?, embed, mlp]: the last two dims are (fsdp, tensor).
   assert tuple(spec)[-2:] == ('fsdp', 'tensor'), (wi, spec)
+  # The network's activation constraints reach the compiled step
+  # ([batch, length, embed] -> batch over data+fsdp).
+  batch = partitioning.shard_batch(_batches(1, BATCH)[0],
+                                   run['batch_sharding'])
+  hlo = run['step'].lower(run['state'], batch,
+                          jax.random.PRNGKey(1)).as_text()
+  assert hlo.count('sdy.sharding_constraint') > 4
+  assert '[{"data", "fsdp"}, {}, {}]' in hlo
 
 
 def test_adafactor_moments_are_sharded_compatibly(runs):
@@ -299,3 +307,28 @@ def test_model_flops_match_the_shared_formula():
   assert flops.model_flops_per_step(c) == 3 * 2 * (
       256 * 2 * (4 * 64 * 64 + 3 * 64 * 128) + 256 * 2 * 2 * 32 * 64 +
       256 * 64 * 128)
+
+
+@pytest.mark.parametrize('size,objective', [
+    ('decoder_tiny', 'auto'), ('encoder_tiny', 'auto'),
+    ('encoder_tiny', 'classify')])
+def test_every_arch_binds_its_features(size, objective):
+  """Shapes only (jax.eval_shape): each model's batch reaches its network and
+  its loss; prefix-LM's decoder_causal_attention is passed through."""
+  c = sizes.apply_size(default.get_config(), size)
+  c.model.vocab_size = VOCAB
+  c.model.objective = objective
+  c.task.feature_lengths = dict(inputs=LEN, targets=LEN)
+  model = models.from_config(c)
+  shapes = model.input_shapes(c.task.feature_lengths, BATCH)
+  if size == 'decoder_tiny':
+    assert shapes['decoder_input_tokens'].shape == (BATCH, 2 * LEN)
+    shapes['decoder_causal_attention'] = shapes['decoder_input_tokens']
+    assert 'decoder_causal_attention' in model._features(shapes)  # pylint: disable=protected-access
+  params = partitioning.unbox(model.abstract_params(shapes))
+  loss, metrics = jax.eval_shape(
+      lambda p, b: model.loss_fn(p, b, jax.random.PRNGKey(0)), params, shapes)
+  assert loss.shape == () and loss.dtype == jnp.float32
+  assert {'loss', 'z_loss', 'accuracy', 'num_tokens'} <= set(metrics)
+  scores = jax.eval_shape(model.score_batch, params, shapes)
+  assert scores.shape == (BATCH,)

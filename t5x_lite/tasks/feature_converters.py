@@ -19,6 +19,8 @@ masked_lm and classification the encoder length I.
 import seqio
 import tensorflow as tf
 
+from t5x_lite.tasks.preprocessors import graph_fn
+
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
 OBJECTIVE_KINDS = ('text_to_text', 'causal_lm', 'masked_lm', 'glm',
                    'classification')
@@ -41,6 +43,7 @@ def _pack_or_pad_nonzero(converter, ds, lengths, shifted_keys):
   if not converter.pack:
     return seqio.utils.trim_and_pad_dataset(ds, lengths)
 
+  @graph_fn
   def _shift(x, delta):
     x = dict(x)
     for k in shifted_keys:
@@ -82,6 +85,7 @@ class MaskedLMFeatureConverter(seqio.FeatureConverter):
         self, ds, {'inputs': length, 'targets': length, 'loss_weights': length},
         shifted_keys=('loss_weights',))
 
+    @graph_fn
     def _convert(x):
       d = {'encoder_input_tokens': x['inputs'],
            'encoder_target_tokens': x['targets'],
@@ -135,6 +139,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
         self, ds, {k: length for k in GLM_FEATURES},
         shifted_keys=GLM_FEATURES[1:])
 
+    @graph_fn
     def _convert(x):
       d = {'decoder_input_tokens': x['inputs'],
            'decoder_target_tokens': x['targets'],

@@ -46,6 +46,7 @@ def glue(dataset, benchmark_name, label_names, feature_names=None):
   an unlabeled example (label -1, e.g. a test split) targets '<unk>'.
   """
 
+  @prep.graph_fn
   def _fn(x):
     keys = feature_names or sorted(set(x.keys()) - {'label', 'idx'})
     parts = [benchmark_name]
@@ -62,6 +63,7 @@ def glue(dataset, benchmark_name, label_names, feature_names=None):
 def stsb(dataset):
   """T5's STS-B as text: the 0-5 score rounded to the nearest 0.2, '%.1f'."""
 
+  @prep.graph_fn
   def _fn(x):
     return {'inputs': tf.strings.join(['stsb sentence1:', x['sentence1'],
                                        'sentence2:', x['sentence2']],
