@@ -183,6 +183,15 @@ def _check_model(m):
       raise ConfigError(
           "model.attention_impl='cudnn' needs an NVIDIA GPU but JAX's backend "
           f"is {jax.default_backend()!r}; use --config.model.attention_impl=xla.")
+    # cuDNN flash attention kernels: half precision, head_dim % 8 == 0, <= 256.
+    if m.dtype == 'float32':
+      raise ConfigError(
+          "model.attention_impl='cudnn' has no float32 kernel; set "
+          '--config.model.dtype=bfloat16 or --config.model.attention_impl=xla.')
+    if m.head_dim % 8 or m.head_dim > 256:
+      raise ConfigError(
+          f"model.attention_impl='cudnn' needs model.head_dim a multiple of 8 "
+          f'and <= 256, got {m.head_dim}; use --config.model.attention_impl=xla.')
 
 
 def _check_train(c):
@@ -241,10 +250,28 @@ def _check_mesh_and_batch(c, num_devices):
         f'{shards} batch shards (mesh data*fsdp); change the batch or the mesh.')
 
 
+def _check_cudnn_lengths(c):
+  """cuDNN's fused attention trains with a bias only at even lengths."""
+  if c.model.attention_impl != 'cudnn':
+    return
+  fl = dict(c.task.feature_lengths)
+  inputs, targets = fl.get('inputs', 0), fl.get('targets', 0)
+  lengths = {'encoder_decoder': {'inputs': inputs, 'targets': targets},
+             'decoder_only': {'inputs + targets': inputs + targets},
+             'encoder_only': {'inputs': inputs or targets}}[c.model.arch]
+  for name, n in lengths.items():
+    if n % 2:
+      raise ConfigError(
+          f"model.attention_impl='cudnn' needs even sequence lengths; "
+          f'task.feature_lengths {name} = {n}. Make it even or use '
+          '--config.model.attention_impl=xla.')
+
+
 def validate(config, num_devices=None):
   """Checks a whole config; raises ConfigError naming the key and the fix."""
   _check_keys(config, default_config())
   _check_model(config.model)
+  _check_cudnn_lengths(config)
   _check_train(config)
   if num_devices is None:
     import jax  # pylint: disable=g-import-not-at-top

@@ -290,24 +290,43 @@ def discriminator_params(params):
 
 def export_discriminator(checkpoint_path: str, out_dir: str) -> str:
   """Writes the discriminator of an ELECTRA checkpoint as a params-only
-  export that `checkpoint.restore_from` (EncoderOnly fine-tuning) reads.
+  checkpoint (interop/hf.py's format: an Orbax StandardCheckpointer tree
+  {'params': ...} in out_dir, plus config.json when the run's is found) that
+  `checkpoint.restore_from` reads into an encoder_only model (classifier
+  fine-tuning: configs/finetune_classifier.py).
 
   Args:
     checkpoint_path: a step dir, checkpoints dir or workdir of an ELECTRA run.
-    out_dir: created; holds `params/` (checkpoints.PARAMS_ONLY_ITEM).
+    out_dir: must not exist yet.
   Returns:
-    out_dir.
+    out_dir (absolute).
   """
+  import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
   import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
   from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
-  params = discriminator_params(checkpoints.restore_params(checkpoint_path))
   out_dir = os.path.abspath(out_dir)
-  os.makedirs(out_dir, exist_ok=True)
-  ckptr = ocp.StandardCheckpointer()
-  ckptr.save(os.path.join(out_dir, checkpoints.PARAMS_ONLY_ITEM), params,
-             force=True)
-  ckptr.wait_until_finished()
+  if os.path.exists(out_dir):
+    raise FileExistsError(f'{out_dir} exists; pick a new output directory.')
+  params = discriminator_params(checkpoints.restore_params(checkpoint_path))
+  tree = {'params': jax.tree.map(np.asarray, params)}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(out_dir, tree)
+    ckptr.wait_until_finished()
+  # The run's config (workdir/config.json, up to three levels above a step
+  # dir), as the plain encoder_only model the export now is.
+  where = os.path.abspath(checkpoint_path)
+  for _ in range(4):
+    cfg_path = os.path.join(where, 'config.json')
+    if os.path.isfile(cfg_path):
+      with open(cfg_path) as f:
+        cfg = json.load(f)
+      cfg.setdefault('model', {})['objective'] = 'auto'
+      with open(os.path.join(out_dir, 'config.json'), 'w') as f:
+        json.dump(cfg, f, indent=2, sort_keys=True)
+      break
+    where = os.path.dirname(where)
   return out_dir
 
 

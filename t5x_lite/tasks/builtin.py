@@ -30,6 +30,11 @@ from t5x_lite.tasks import registry
 from t5x_lite.tasks import vocabularies
 
 SENTIMENT_LABELS = ('rotten', 'fresh')  # class ids 0 and 1
+_BUILTIN = ('shakespeare_span_corruption', 'shakespeare_prefix_lm',
+            'shakespeare_causal_lm', 'shakespeare_mlm', 'shakespeare_electra',
+            'shakespeare_glm', 'sentiment', 'sentiment_classification',
+            'next_line', 'multitask_mixture')
+NAMES = []  # what register_all registered (translate_en_de when built)
 # Examples-proportional mixing (T5) with this cap on a task's rate.
 MIXTURE_RATE_CAP = 10_000
 
@@ -111,3 +116,4 @@ def register_all():
     mixed.append('translate_en_de')
   registry.register_mixture('multitask_mixture',
                             [(name, examples_rate) for name in mixed])
+  NAMES[:] = sorted(_BUILTIN + tuple(n for n in mixed if n not in _BUILTIN))
