@@ -132,7 +132,7 @@ class Embed(nn.Module):
                       preferred_element_type=jnp.float32)
 
 
-# ---- relative position bias -------------------------------------------------------
+# ---- relative position bias --------------------------------------------------
 
 
 @functools.lru_cache(maxsize=None)
@@ -177,7 +177,7 @@ def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
 
 
 class RelativePositionBiases(nn.Module):
-  """One [heads, buckets] table per stack; bias [b or 1, heads, q, k] float32."""
+  """One [heads, buckets] table per stack -> bias [b or 1, heads, q, k]."""
   num_buckets: int
   max_distance: int
   num_heads: int
@@ -200,7 +200,7 @@ class RelativePositionBiases(nn.Module):
     return jnp.transpose(bias, (0, 3, 1, 2))  # [b, heads, q, k]
 
 
-# ---- attention ----------------------------------------------------------------------
+# ---- attention ---------------------------------------------------------------
 
 
 def _xla_attention(query, key, value, bias, mask, *, dropout_rate,
@@ -232,12 +232,17 @@ def _cudnn_attention(query, key, value, bias, mask):
   """
   if bias is not None:
     bias = bias.astype(query.dtype)
+  if mask is not None:
+    # cuDNN wants the (mask-folded) bias at full [q_len, kv_len]; batch and
+    # heads may broadcast. Key-padding masks arrive as [batch, 1, 1, kv_len].
+    mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1],
+                                                    key.shape[1]))
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
                                       scale=1.0, implementation='cudnn')
 
 
 def _select_query_row(bias: jax.Array, index: jax.Array) -> jax.Array:
-  """bias [b or 1, heads, L, L], index [b] -> [b, heads, 1, L] (row index[b])."""
+  """bias [b or 1, heads, L, L], index [b] -> [b, heads, 1, L] (row index)."""
   if bias.shape[0] == 1:
     rows = jnp.take(bias[0], index, axis=1)  # [heads, b, L]
     return jnp.transpose(rows, (1, 0, 2))[:, :, None, :]
@@ -287,10 +292,10 @@ class MultiHeadDotProductAttention(nn.Module):
       key = proj(kernel_init=attention_kernel_init, name='key')(inputs_kv)
       value = proj(kernel_init=attention_kernel_init, name='value')(inputs_kv)
     # [batch, len, heads, head_dim]
-    query = nn.with_logical_constraint(query, ('batch', 'length', 'heads', 'kv'))
-    key = nn.with_logical_constraint(key, ('batch', 'length', 'heads', 'kv'))
-    value = nn.with_logical_constraint(value,
-                                       ('batch', 'length', 'heads', 'kv'))
+    names = ('batch', 'length', 'heads', 'kv')
+    query = nn.with_logical_constraint(query, names)
+    key = nn.with_logical_constraint(key, names)
+    value = nn.with_logical_constraint(value, names)
 
     one_step = False
     if (decode or prefill) and not self.is_cross_attention:

@@ -5,7 +5,8 @@
   DecoderOnlyModel     causal LM; prefix LM when the batch carries
                        decoder_causal_attention (1 on the bidirectional prefix).
   EncoderOnlyModel     MLM over encoder_target_tokens / encoder_loss_weights,
-                       or classification (head='classify', batch 'classifier_labels').
+                       or classification (head='classify', batch feature
+                       'classifier_labels' or 'label').
 
 Every model offers (the train step, eval and decoding use only these):
   input_shapes(feature_lengths, batch_size)   ShapeDtypeStructs for init
@@ -100,7 +101,7 @@ class BaseModel(abc.ABC):
         inspect.signature(type(module).__call__).parameters)
     self._abstract_cache = {}
 
-  # ---- shapes and init --------------------------------------------------------
+  # ---- shapes and init -------------------------------------------------------
 
   @abc.abstractmethod
   def input_shapes(self, feature_lengths, batch_size: int
@@ -144,7 +145,7 @@ class BaseModel(abc.ABC):
           self.init_boxed, jax.random.PRNGKey(0), batch)
     return self._abstract_cache[key]
 
-  # ---- forward and loss ---------------------------------------------------------
+  # ---- forward and loss ------------------------------------------------------
 
   def apply(self, params, batch: Batch, *, dropout_rng=None,
             enable_dropout: bool = False, **kwargs) -> jax.Array:

@@ -24,8 +24,9 @@ Param tree (scanned; unrolled has layers_<i>/ in place of layers/):
   decoder/logits_dense/kernel                   [embed, vocab] (untied only)
   decoder/block_position_embedder/embedding     [num_block_positions, embed]
                                                 (GLM; num_block_positions > 0)
-EncoderOnly adds mlm_head/, mlm_bias, rtd_head/, classifier/ (all created at
-init, whichever head is asked for, so one param tree serves every head).
+EncoderOnly: token_embedder/, encoder/ as above, plus the heads mlm_dense/,
+mlm_norm/, mlm_bias [vocab], rtd_dense/, rtd_out/, pooler/, classifier/ (all
+created at init whichever head is asked for, so one tree serves every head).
 
 Decoding (T5X style), 'cache' collection:
   1. cache creation: apply(..., decode=True, mutable=['cache']) with a
@@ -37,7 +38,6 @@ Decoding (T5X style), 'cache' collection:
   [batch] fills the cache in one pass (no separate creation call needed).
 """
 import functools
-from typing import Optional
 
 from absl import app
 from absl import flags
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import layers
+from t5x_lite import config as config_lib
 from t5x_lite.config import ModelConfig
 
 EMBED = ('batch', 'length', 'embed')
@@ -65,7 +66,7 @@ def _dtype(cfg: ModelConfig):
   return jnp.dtype(cfg.dtype)
 
 
-# ---- masks -------------------------------------------------------------------------
+# ---- masks -------------------------------------------------------------------
 # Boolean, [batch or 1, 1, q_len or 1, kv_len]; True = may attend.
 
 
@@ -112,7 +113,7 @@ def _positions(positions, length):
   return positions.astype(jnp.int32)
 
 
-# ---- layers -----------------------------------------------------------------------
+# ---- layers ------------------------------------------------------------------
 
 
 def _norm(cfg, name):
@@ -207,7 +208,7 @@ def _run_layers(layer_cls, cfg: ModelConfig, num_layers: int, x, *args,
   return x
 
 
-# ---- stacks -----------------------------------------------------------------------
+# ---- stacks ------------------------------------------------------------------
 
 
 class Encoder(nn.Module):
@@ -315,7 +316,7 @@ class Decoder(nn.Module):
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
 
-# ---- models -----------------------------------------------------------------------
+# ---- models ------------------------------------------------------------------
 
 
 class EncoderDecoder(nn.Module):
@@ -447,7 +448,9 @@ class EncoderOnly(nn.Module):
     h = self.encoder(encoder_input_tokens, encoder_segment_ids,
                      encoder_positions, enable_dropout=enable_dropout)
     if self.is_initializing():  # create every head's params
-      self._mlm(h), self._rtd(h), self._classify(h, det)  # pylint: disable=expression-not-assigned
+      self._mlm(h)
+      self._rtd(h)
+      self._classify(h, det)
     if head == 'mlm':
       return self._mlm(h)
     if head == 'rtd':
@@ -473,7 +476,7 @@ def build(cfg) -> nn.Module:
   return ARCHS[cfg.arch](cfg)
 
 
-# ---- params: shapes, counts, layouts ------------------------------------------------
+# ---- params: shapes, counts, layouts -----------------------------------------
 
 
 def dummy_inputs(cfg: ModelConfig, batch: int = 1, length: int = 8):
@@ -503,7 +506,8 @@ def _layer_keys(tree):
 def stack_layers(tree):
   """Unrolled -> scanned layout: layers_0..n-1 become `layers` (axis 0).
 
-  Works on any nested dict of arrays (params or a cache)."""
+  Works on any nested dict of plain arrays (params or a cache; unbox flax
+  LogicallyPartitioned params first)."""
   if not isinstance(tree, dict) and not hasattr(tree, 'items'):
     return tree
   out = {k: stack_layers(v) for k, v in tree.items()
@@ -531,13 +535,12 @@ def unstack_layers(tree):
   return out
 
 
-# ---- CLI: python -m t5x_lite.network --sizes ----------------------------------------
+# ---- CLI: python -m t5x_lite.network --sizes ---------------------------------
 
 
 def size_report() -> list:
   """(name, params, published or None, relative error or None) per size."""
   from configs import models  # pylint: disable=g-import-not-at-top
-  from t5x_lite import config as config_lib  # pylint: disable=g-import-not-at-top
   rows = []
   for name in models.SIZES:
     c = models.apply_size(config_lib.default_config(), name)

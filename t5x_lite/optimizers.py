@@ -17,9 +17,10 @@ D counts from step 0 (warmup included), as optax's warmup schedules do.
 
 Optimizers:
   adafactor  optax.adafactor with T5's settings from the config: decay_rate
-             0.8, update clipping 1.0, relative step (multiply_by_parameter_scale,
-             min scale 1e-3), factored second moments for arrays with two dims
-             >= min_dim_size_to_factor, no momentum unless adafactor_momentum>0.
+             0.8, update clipping 1.0, relative step
+             (multiply_by_parameter_scale, min scale 1e-3), factored second
+             moments for arrays with two dims >= min_dim_size_to_factor, no
+             momentum unless adafactor_momentum > 0.
              With scan_layers the stacked [layers, ...] arrays are one block for
              the update clipping and the parameter scale (optax works per
              array); the factored moments stay per layer.
@@ -38,7 +39,7 @@ from t5x_lite.config import ConfigError
 Schedule = Callable[[jax.Array], jax.Array]
 
 
-# ---- schedules ----------------------------------------------------------------
+# ---- schedules ---------------------------------------------------------------
 
 
 def _warmup(step, peak, warmup_steps):
@@ -59,8 +60,9 @@ def make_schedule(config) -> Schedule:
 
   if name in ('linear', 'cosine') and decay_steps <= warmup:
     raise ConfigError(
-        f'optimizer.decay_steps ({decay_steps}, or train.num_steps when 0) must '
-        f'exceed optimizer.warmup_steps ({warmup}) for the {name} schedule.')
+        f'optimizer.decay_steps ({decay_steps}, or train.num_steps when 0) '
+        f'must exceed optimizer.warmup_steps ({warmup}) for the {name} '
+        'schedule.')
 
   def rsqrt(step):
     step = jnp.asarray(step, jnp.float32)
@@ -91,7 +93,7 @@ def make_schedule(config) -> Schedule:
   return schedules[name]
 
 
-# ---- optimizers ---------------------------------------------------------------
+# ---- optimizers --------------------------------------------------------------
 
 
 def _decay_mask(params):

@@ -88,7 +88,7 @@ def _device_mesh(shape, devices):
     return np.asarray(devices).reshape(shape)
 
 
-# ---- logical axis rules -------------------------------------------------------
+# ---- logical axis rules ------------------------------------------------------
 
 
 def logical_rules(config_or_rules) -> Tuple[Tuple[str, Any], ...]:
@@ -104,7 +104,8 @@ def logical_rules(config_or_rules) -> Tuple[Tuple[str, Any], ...]:
   for pair in rules:
     if len(pair) != 2:
       raise config_lib.ConfigError(
-          f'mesh.rules entry {pair!r} must be a (logical_name, mesh_axes) pair.')
+          f'mesh.rules entry {pair!r} must be a (logical_name, mesh_axes) '
+          'pair.')
     name, axes = pair
     if isinstance(axes, (list, tuple)):
       axes = tuple(axes)
@@ -302,7 +303,7 @@ def specs_to_shardings(spec_tree, mesh: Mesh, shapes=None):
                       spec_tree, shapes, is_leaf=_is_spec)
 
 
-# ---- batch --------------------------------------------------------------------
+# ---- batch -------------------------------------------------------------------
 
 
 def batch_spec(rules) -> P:

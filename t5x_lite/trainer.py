@@ -35,7 +35,7 @@ class TrainState:
   opt_state: Any
 
 
-# ---- state ---------------------------------------------------------------------
+# ---- state -------------------------------------------------------------------
 
 
 def _init_batch_shapes(model, config):
@@ -85,7 +85,7 @@ def create_train_state(model, optimizer: optax.GradientTransformation, config,
   return state, shardings
 
 
-# ---- train step ----------------------------------------------------------------
+# ---- train step --------------------------------------------------------------
 
 
 def _split_microbatches(batch, num_micro, mesh, rules):
@@ -123,8 +123,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
   Args:
     model: a models.BaseModel.
     optimizer: the optax transformation of optimizers.make_optimizer.
-    config: the run's ConfigDict (train.microbatches, train.loss_normalizing_factor,
-      train.skip_nonfinite_updates, mesh.rules, optimizer.*).
+    config: the run's ConfigDict (train.microbatches,
+      train.loss_normalizing_factor, train.skip_nonfinite_updates, mesh.rules,
+      optimizer.*).
     mesh: the mesh the shardings live on.
     state_shardings: from create_train_state / abstract_train_state.
     batch_sharding: partitioning.batch_sharding(mesh, rules).
@@ -164,10 +165,11 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
     zeros = jax.lax.with_sharding_constraint(zeros, grad_shardings)
     # Zeros shaped like the model's sums (SUM_KEYS plus any extra ones,
     # e.g. ELECTRA's), from an abstract trace of one microbatch.
-    sums0 = jax.tree.map(
-        lambda s: jnp.zeros(s.shape, jnp.float32),
-        jax.eval_shape(lambda p, mb: grad_fn(p, mb, rng, enable_dropout=True)[1],
-                       params, jax.tree.map(lambda x: x[0], micro)))
+    sums_shape = jax.eval_shape(
+        lambda p, mb: grad_fn(p, mb, rng, enable_dropout=True)[1],
+        params, jax.tree.map(lambda x: x[0], micro))
+    sums0 = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32),
+                         sums_shape)
     (grads, sums), _ = jax.lax.scan(
         body, (zeros, sums0), (jnp.arange(num_micro), micro))
     return grads, sums
@@ -210,7 +212,7 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
       donate_argnums=(0,) if donate else ())
 
 
-# ---- eval and scoring ------------------------------------------------------------
+# ---- eval and scoring --------------------------------------------------------
 
 
 def make_eval_step(model, config, mesh, params_shardings,

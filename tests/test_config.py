@@ -143,6 +143,29 @@ def test_cudnn_on_cpu_says_use_xla():
   assert '--config.model.attention_impl=xla' in msg
 
 
+@pytest.mark.parametrize('key,value,expect', [
+    ('dtype', 'float32', '--config.model.dtype=bfloat16'),
+    ('head_dim', 12, 'multiple of 8'),
+    ('head_dim', 512, '<= 256')])
+def test_cudnn_kernel_limits_on_gpu(monkeypatch, key, value, expect):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  c = config_lib.default_config()
+  c.model.attention_impl, c.model.dtype = 'cudnn', 'bfloat16'
+  c.model[key] = value
+  msg = _error(c)
+  assert expect in msg and '--config.model.attention_impl=xla' in msg
+
+
+def test_cudnn_needs_even_lengths_on_gpu(monkeypatch):
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'gpu')
+  c = config_lib.default_config()
+  c.model.attention_impl, c.model.dtype = 'cudnn', 'bfloat16'
+  config_lib.validate(c, num_devices=8)  # 512 / 114: fine
+  c.task.feature_lengths.targets = 113
+  msg = _error(c)
+  assert 'targets = 113' in msg and 'even' in msg
+
+
 def test_mesh_that_does_not_divide_the_devices():
   c = config_lib.default_config()
   c.mesh.tensor = 3  # data=-1 fills: 8 devices are not a multiple of 3

@@ -165,12 +165,13 @@ def test_layouts_convert_both_ways(hf_dir):
 
 
 def test_relative_position_bucket_matches_hf():
-  from transformers.models.t5.modeling_t5 import T5Attention  # pylint: disable=g-import-not-at-top
+  from transformers.models.t5 import modeling_t5  # pylint: disable=g-import-not-at-top
+  bucket_fn = modeling_t5.T5Attention._relative_position_bucket  # pylint: disable=protected-access
   rel = np.arange(-600, 600)
   for bidirectional in (True, False):
     for buckets, dist in ((32, 128), (64, 512), (16, 64)):
-      want = T5Attention._relative_position_bucket(  # pylint: disable=protected-access
-          torch.tensor(rel), bidirectional, buckets, dist).numpy()
+      want = bucket_fn(torch.tensor(rel), bidirectional, buckets,
+                       dist).numpy()
       got = layers.relative_position_bucket(jnp.asarray(rel), bidirectional,
                                             buckets, dist)
       np.testing.assert_array_equal(np.asarray(got), want)

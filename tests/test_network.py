@@ -95,7 +95,7 @@ def _apply(module, variables, *args, mutable=False, method=None, **kwargs):
   return _JITS[key](variables, *args, **dynamic)
 
 
-# ---- parameter counts -----------------------------------------------------------
+# ---- parameter counts --------------------------------------------------------
 
 
 def _t5_1_1_count(emb, heads, head_dim, mlp, enc, dec, vocab=32128):
@@ -144,7 +144,7 @@ def test_every_param_has_logical_axis_names():
       assert leaf.value.dtype == jnp.float32
 
 
-# ---- layouts ----------------------------------------------------------------------
+# ---- layouts -----------------------------------------------------------------
 
 
 @pytest.mark.parametrize('arch', list(network.ARCHS))
@@ -167,7 +167,7 @@ def test_scanned_equals_unrolled(arch):
     np.testing.assert_array_equal(x, y)
 
 
-# ---- packing ----------------------------------------------------------------------
+# ---- packing -----------------------------------------------------------------
 
 
 def _pack(parts, length):
@@ -225,7 +225,9 @@ def test_packed_decoder_only_equals_segments_alone(prefix):
   packed = _apply(module, params, toks, seg, pos, causal)
   start = 0
   for p, n in zip(parts, prefix_lens):
-    ca = _alone((np.arange(len(p)) < n).astype(np.int32), 16) if prefix else None
+    ca = None
+    if prefix:
+      ca = _alone((np.arange(len(p)) < n).astype(np.int32), 16)
     alone = _apply(module, params, _alone(p, 16),
                          decoder_causal_attention=ca)
     np.testing.assert_allclose(packed[0, start:start + len(p)],
@@ -233,13 +235,13 @@ def test_packed_decoder_only_equals_segments_alone(prefix):
     start += len(p)
 
 
-# ---- KV-cache decoding --------------------------------------------------------------
+# ---- KV-cache decoding -------------------------------------------------------
 
 
-@pytest.mark.parametrize('scan,cross_from_cache', [
-    (True, True), (True, False), (False, True)],
-                         ids=['scan-cached_cross_kv', 'scan-recomputed_cross_kv',
-                              'unrolled-cached_cross_kv'])
+@pytest.mark.parametrize(
+    'scan,cross_from_cache', [(True, True), (True, False), (False, True)],
+    ids=['scan-cached_cross_kv', 'scan-recomputed_cross_kv',
+         'unrolled-cached_cross_kv'])
 def test_encoder_decoder_cache_matches_teacher_forcing(scan, cross_from_cache):
   cfg = _cfg('encoder_decoder', scan_layers=scan)
   module, params = _init(cfg)
@@ -317,7 +319,7 @@ def test_decoder_only_cache_from_scratch():
     np.testing.assert_allclose(logits[:, 0], full[:, i], atol=1e-5, rtol=0)
 
 
-# ---- remat ------------------------------------------------------------------------
+# ---- remat -------------------------------------------------------------------
 
 
 def _loss_grad(cfg, params, tokens, dropout_rng=None):
@@ -363,7 +365,7 @@ def test_remat_policies_give_the_same_gradients():
   assert diff > 1e-4
 
 
-# ---- encoder-only heads ---------------------------------------------------------------
+# ---- encoder-only heads ------------------------------------------------------
 
 
 def test_encoder_only_heads():

@@ -4,7 +4,8 @@ Each config file builds, validates, gets a real batch from its task on the
 shipped corpus (`make data`) and takes a few train steps on that batch with a
 finite, falling loss. GLM's block positions reach the network; an ELECTRA run
 through loop.train_and_evaluate logs its metrics, and its exported
-discriminator fine-tunes as a classifier via checkpoint.restore_from.
+discriminator restores into the classifier of configs/finetune_classifier.py
+(what checkpoint.restore_from does).
 """
 import importlib
 import json
@@ -141,14 +142,18 @@ def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
       evals[-1]['eval/disc_baseline_accuracy'],
       1.0 - evals[-1]['eval/replaced_rate'], rtol=1e-5)
 
+  # What checkpoint.restore_from does for the classifier fine-tuning config.
+  from t5x_lite import checkpoints
   export = electra.export_discriminator(work, str(tmp_path / 'disc'))
   ft = _shrink(_load('finetune_classifier:tiny'))
   ft.task.feature_lengths = c.task.feature_lengths
-  ft.mesh.data = -1
-  ft.train.batch_size = 8
-  ft.checkpoint.restore_from = export
-  ft.train.num_steps = 1
-  ft.eval.num_batches = 1
-  ft.checkpoint.async_save = False
-  out = loop.train_and_evaluate(ft, str(tmp_path / 'cls'))
-  assert out['step'] == 1 and np.isfinite(out['eval/loss'])
+  classifier = models.from_config(ft)
+  abstract = partitioning.unbox(classifier.abstract_params(
+      classifier.input_shapes(ft.task.feature_lengths, 1)))
+  restored = checkpoints.restore_params(export, abstract)
+  pretrained = checkpoints.restore_params(work)['discriminator']
+  for a, b in zip(jax.tree_util.tree_leaves(restored),
+                  jax.tree_util.tree_leaves(pretrained)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  with open(os.path.join(export, 'config.json')) as f:
+    assert json.load(f)['model']['objective'] == 'auto'

@@ -326,7 +326,8 @@ def test_every_arch_binds_its_features(size, objective):
   if size == 'decoder_tiny':
     assert shapes['decoder_input_tokens'].shape == (BATCH, 2 * LEN)
     shapes['decoder_causal_attention'] = shapes['decoder_input_tokens']
-    assert 'decoder_causal_attention' in model._features(shapes)  # pylint: disable=protected-access
+    features = model._features(shapes)  # pylint: disable=protected-access
+    assert 'decoder_causal_attention' in features
   params = partitioning.unbox(model.abstract_params(shapes))
   loss, metrics = jax.eval_shape(
       lambda p, b: model.loss_fn(p, b, jax.random.PRNGKey(0)), params, shapes)

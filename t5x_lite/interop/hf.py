@@ -1,7 +1,9 @@
 """Hugging Face T5 <-> t5x_lite params, and params-only Orbax checkpoints.
 
-    python -m t5x_lite.interop.hf import --hf_dir=/path/t5-v1_1-small --out=/tmp/ckpt
-    python -m t5x_lite.interop.hf export --checkpoint=/tmp/ckpt --out=/tmp/hf_out
+    python -m t5x_lite.interop.hf import --hf_dir=/data/t5-v1_1-small \
+        --out=/tmp/ckpt
+    python -m t5x_lite.interop.hf export --checkpoint=/tmp/ckpt \
+        --out=/tmp/hf_out
 
 The HF side is a directory with config.json and model.safetensors (or a
 sharded model.safetensors.index.json, or pytorch_model.bin, which needs
@@ -31,7 +33,7 @@ from t5x_lite import network
 
 Params = Dict[str, Any]
 
-# ---- configs ---------------------------------------------------------------------
+# ---- configs -----------------------------------------------------------------
 
 # HF activation names -> ours ('gelu' is the tanh approximation in both
 # T5X and HF's gelu_new; HF's plain 'gelu' is the exact erf form).
@@ -140,7 +142,7 @@ def hf_config_from_fields(m: Mapping[str, Any]) -> Dict[str, Any]:
   }
 
 
-# ---- state dicts --------------------------------------------------------------------
+# ---- state dicts -------------------------------------------------------------
 
 
 def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
@@ -317,7 +319,7 @@ def export_hf(params: Params, model_fields: Mapping[str, Any],
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
 
 
-# ---- params-only Orbax checkpoints ---------------------------------------------------
+# ---- params-only Orbax checkpoints -------------------------------------------
 
 
 def config_with_model(model_fields: Mapping[str, Any],
@@ -379,7 +381,7 @@ def load_params_checkpoint(ckpt_dir: str
   return config, restored['params']
 
 
-# ---- CLI ---------------------------------------------------------------------------
+# ---- CLI ---------------------------------------------------------------------
 
 
 def _main(argv):

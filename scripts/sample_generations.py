@@ -1,0 +1,227 @@
+r"""Samples from a pretrained causal LM and GLM blank infilling, via decoding.py.
+
+    python -m t5x_lite.train --config=configs/pretrain_lm.py:causal --workdir=/tmp/lm
+    python -m t5x_lite.train --config=configs/pretrain_glm.py:tiny --workdir=/tmp/glm
+    python scripts/sample_generations.py --causal_workdir=/tmp/lm \
+        --glm_workdir=/tmp/glm [--out=runs/samples.md]
+
+Causal LM: `decoding.predict_batch` from BOS alone (the cached decode path),
+and prompted continuations through `decoding.temperature_sample` with the
+teacher-forced callback (causal attention over the prompt, as the model was
+trained; predict_batch's decoder-only prompts are prefix-LM prompts, attended
+bidirectionally).
+
+GLM: a line with a [MASK] is part A (bidirectional); the buffer continues
+with [S] and `decoding.temperature_sample` generates the span until EOS. The
+callback gives each step GLM's 2D positions: part B takes the [MASK]'s
+position and block positions 1, 2, ... (decode-mode caches know no 2D
+positions, so it recomputes the prefix each step: fine at these lengths).
+
+Decoding settings come from each config's `decoding` group (the LM configs
+sample at temperature 0.8 with top-k 40); --greedy adds argmax decodes.
+"""
+import os
+import sys
+
+from absl import app
+from absl import flags
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+  sys.path.insert(0, ROOT)
+
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from t5x_lite import decoding
+from t5x_lite import evaluation
+
+_CAUSAL = flags.DEFINE_string('causal_workdir', None,
+                              'Workdir of a configs/pretrain_lm.py:causal run.')
+_CAUSAL_CONFIG = flags.DEFINE_string('causal_config',
+                                     'configs/pretrain_lm.py:causal',
+                                     'Its config file[:arg].')
+_GLM = flags.DEFINE_string('glm_workdir', None,
+                           'Workdir of a configs/pretrain_glm.py run.')
+_GLM_CONFIG = flags.DEFINE_string('glm_config', 'configs/pretrain_glm.py:tiny',
+                                  'Its config file[:arg].')
+_NUM = flags.DEFINE_integer('num_samples', 3, 'Samples per prompt.')
+_LENGTH = flags.DEFINE_integer('length', 48, 'Tokens per causal sample.')
+_SEED = flags.DEFINE_integer('seed', 0, 'Sampling seed.')
+_GREEDY = flags.DEFINE_bool('greedy', True, 'Also decode greedily.')
+_OUT = flags.DEFINE_string('out', '', 'Also write the samples (markdown).')
+
+PROMPTS = (
+    'KING HENRY. Now, lords,',
+    'ROMEO. O, she doth teach',
+    'To be, or not to be,',
+)
+# GLM: `___` is the blank the model fills.
+BLANKS = (
+    'O Romeo, Romeo! wherefore art thou ___?',
+    'Now is the winter of our ___ made glorious summer by this sun of York.',
+    'All the world\'s a stage, and all the men and women merely ___.',
+    'KING. My lord, the ___ is come to court.',
+)
+
+
+def _load_config(spec):
+  import importlib.util
+  path, _, arg = spec.partition(':')
+  mod_spec = importlib.util.spec_from_file_location(
+      'cfg', path if os.path.isabs(path) else os.path.join(ROOT, path))
+  module = importlib.util.module_from_spec(mod_spec)
+  mod_spec.loader.exec_module(module)
+  config = module.get_config(arg or None)
+  config.mesh.data = -1
+  return config
+
+
+def _vocab(config):
+  from t5x_lite import tasks
+  return tasks.get_vocabulary(config.task.name)
+
+
+def _settings(config, greedy):
+  s = decoding.DecodeSettings.from_config(config.decoding)
+  return (0.0, 0, 1.0) if greedy else (s.temperature, s.top_k, s.top_p)
+
+
+# ---- causal LM -------------------------------------------------------------------------
+
+
+def causal_samples(workdir, config_spec, out):
+  config = _load_config(config_spec)
+  model, params, info = evaluation.load_model(
+      config, evaluation.default_checkpoint(workdir))
+  vocab = _vocab(config)
+  eos = vocab.eos_id
+  length = _LENGTH.value
+  out.append(f'## causal LM ({info["checkpoint"]})\n')
+
+  # 1. Free-running, through predict_batch (BOS only, KV cache).
+  batch = {'decoder_input_tokens': np.zeros((_NUM.value, length), np.int32)}
+  tokens, _ = decoding.predict_batch(model, params, batch, config.decoding,
+                                     jax.random.PRNGKey(_SEED.value))
+  out.append('From BOS (decoding.predict_batch, '
+             f'{config.decoding.method}, T={config.decoding.temperature}, '
+             f'top-k {config.decoding.top_k}):\n')
+  for row in np.asarray(tokens):
+    out.append(f'- {_text(vocab, row, eos)!r}')
+  out.append('')
+
+  # 2. Prompted: the prompt is forced, causal attention over all of it.
+  def fn(state):
+    logits = model.apply(params, {'decoder_input_tokens':
+                                  state.sequences[:, :-1]})
+    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+
+  for greedy in ((False, True) if _GREEDY.value else (False,)):
+    temperature, topk, topp = _settings(config, greedy)
+    n = 1 if greedy else _NUM.value
+    out.append(f'Prompted ({"greedy" if greedy else "sampled"}):\n')
+    for prompt in PROMPTS:
+      ids = vocab.encode(prompt)
+      inputs = np.zeros((n, length), np.int32)
+      inputs[:, :len(ids)] = ids
+      seqs, _ = jax.jit(
+          lambda i, r, t=temperature, k=topk, p=topp: decoding.temperature_sample(  # pylint: disable=g-long-lambda
+              i, (), fn, eos, r, temperature=t, topk=k, topp=p,
+              initial_index=len(ids)))(
+                  jnp.asarray(inputs), jax.random.PRNGKey(_SEED.value))
+      for row in np.asarray(seqs):
+        out.append(f'- {prompt} **{_text(vocab, row[len(ids):], eos)}**')
+    out.append('')
+
+
+def _text(vocab, ids, eos):
+  ids = [int(t) for t in ids]
+  if eos in ids:
+    ids = ids[:ids.index(eos)]
+  return vocab.decode([t for t in ids if t > 0])
+
+
+# ---- GLM blank infilling -------------------------------------------------------------------
+
+
+def glm_infill(model, params, part_a, mask_pos, start_id, eos, rng,
+               temperature, topk, topp, span_len=12):
+  """Generated span tokens for each row of part_a [n, A] (no padding)."""
+  n, a = part_a.shape
+  length = a + 1 + span_len  # part A, [S], the span
+  # Buffer: sequences[k] is decoder input k. Slot 0 is decoding's BOS, so
+  # the prompt (target space) starts at part A's second token; the callback
+  # puts part A's first token back in slot 0.
+  inputs = np.zeros((n, length), np.int32)
+  inputs[:, :a - 1] = part_a[:, 1:]
+  inputs[:, a - 1] = start_id
+  k = np.arange(length)
+  causal = (k < a).astype(np.int32)[None].repeat(n, 0)
+  positions = np.where(k < a, k, mask_pos)[None].repeat(n, 0)
+  block = np.where(k < a, 0, k - a + 1)[None].repeat(n, 0)
+  first = jnp.asarray(part_a[:, :1])
+
+  def fn(state):
+    dec_in = state.sequences[:, :-1].at[:, :1].set(first)
+    logits = model.apply(params, {
+        'decoder_input_tokens': dec_in,
+        'decoder_causal_attention': jnp.asarray(causal),
+        'decoder_positions': jnp.asarray(positions, jnp.int32),
+        'decoder_block_positions': jnp.asarray(block, jnp.int32)})
+    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+
+  seqs, _ = jax.jit(lambda i, r: decoding.temperature_sample(
+      i, (), fn, eos, r, temperature=temperature, topk=topk, topp=topp,
+      initial_index=a))(jnp.asarray(inputs), rng)
+  return np.asarray(seqs)[:, a:]  # the span (then EOS, then zeros)
+
+
+def glm_samples(workdir, config_spec, out):
+  from t5x_lite.tasks import vocabularies
+  config = _load_config(config_spec)
+  model, params, info = evaluation.load_model(
+      config, evaluation.default_checkpoint(workdir))
+  vocab = _vocab(config)
+  mask, start, eos = (vocabularies.mask_id(vocab),
+                      vocabularies.glm_start_id(vocab), vocab.eos_id)
+  out.append(f'## GLM blank infilling ({info["checkpoint"]})\n')
+  for greedy in ((False, True) if _GREEDY.value else (False,)):
+    temperature, topk, topp = _settings(config, greedy)
+    n = 1 if greedy else _NUM.value
+    out.append(f'{"greedy" if greedy else "sampled"} '
+               f'(T={temperature}, top-k {topk}):\n')
+    for i, line in enumerate(BLANKS):
+      left, right = line.split('___')
+      l_ids, r_ids = vocab.encode(left.rstrip()), vocab.encode(right)
+      part_a = np.array([l_ids + [mask] + r_ids] * n, np.int32)
+      spans = glm_infill(model, params, part_a, len(l_ids), start, eos,
+                         jax.random.PRNGKey(_SEED.value + i), temperature,
+                         topk, topp)
+      fills = [_text(vocab, s, eos) for s in spans]
+      out.append(f'- {line}  →  ' + ' | '.join(f'**{f}**' for f in fills))
+    out.append('')
+
+
+def main(argv):
+  del argv
+  if not (_CAUSAL.value or _GLM.value):
+    raise app.UsageError('Pass --causal_workdir and/or --glm_workdir.')
+  out = []
+  if _CAUSAL.value:
+    causal_samples(_CAUSAL.value, _CAUSAL_CONFIG.value, out)
+  if _GLM.value:
+    glm_samples(_GLM.value, _GLM_CONFIG.value, out)
+  text = '\n'.join(out)
+  print(text)
+  if _OUT.value:
+    path = _OUT.value if os.path.isabs(_OUT.value) else os.path.join(
+        ROOT, _OUT.value)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+      f.write(text + '\n')
+
+
+if __name__ == '__main__':
+  app.run(main)
