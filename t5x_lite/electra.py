@@ -32,7 +32,10 @@ Param tree:  discriminator/  the EncoderOnly tree (what fine-tuning keeps:
 Sums (models.SUM_KEYS plus `<name>_num` / `<name>_den` pairs that
 models.finalize_metrics turns into metrics):
   loss, num_tokens   the total loss, normalised per selected token (so the
-                     train step's gradient is of MLM + 50 x RTD means);
+                     train step's gradient is of MLM + 50 x RTD means; the
+                     RTD sum is rescaled by selected/real tokens of its own
+                     (micro)batch, so with train.microbatches > 1 the RTD
+                     weight follows each microbatch's ratio, ~0.15 always);
   correct            generator MLM argmax hits -> `accuracy`;
   mlm_loss, disc_loss, disc_accuracy, disc_baseline_accuracy (predict "all
   original"), replaced_rate (replaced / real tokens), masked_replaced_rate
