@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "sentencepiece==0.2.3",
     "clu==0.0.12",
+    "tensorboard==2.21.0",  # event files without TensorFlow (metrics.py)
     "sacrebleu==2.6.0",
     "rouge-score==0.1.2",
     "numpy==2.4.6",

@@ -7,10 +7,11 @@ r"""The embedded default: pretrain a tiny T5.1.1 on a laptop CPU in minutes.
 `t5x_lite.eval` and `t5x_lite.infer` on the same workdir. Span corruption
 (T5's objective: 15% noise, mean span 3) over the shipped Shakespeare corpus
 with its 4000-piece SentencePiece vocabulary (+100 sentinels = 4100, padded to
-4224 logits). A 2+2-layer, d_model 128 encoder-decoder (about 1.6M params)
-sees ~500 steps of 32 packed rows; the validation loss falls from ~8.4 (the
-untrained model) to ~5. Rerun the command to resume; override anything with
---config.x.y=v, e.g. --config.train.num_steps=50 for a smoke test.
+4224 logits). A 2+2-layer, d_model 128 encoder-decoder (1.87M params) takes
+500 steps of 32 packed rows (~0.4 s/step on 2 idle CPU cores, ~3.5 min); the
+validation loss falls from 8.79 (untrained) to 4.59 (token accuracy 0.30).
+Rerun the command to resume; override anything with --config.x.y=v, e.g.
+--config.train.num_steps=50 for a smoke test.
 """
 from configs import default
 from configs import models

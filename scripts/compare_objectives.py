@@ -65,7 +65,7 @@ from t5x_lite import trainer
 _SEEDS = flags.DEFINE_string('seeds', '0,1', 'Comma-separated seeds.')
 _BUDGET_STEPS = flags.DEFINE_integer(
     'budget_steps', 300, 'Pretraining budget, in steps of BERT at --batch.')
-_FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 300,
+_FINETUNE_STEPS = flags.DEFINE_integer('finetune_steps', 200,
                                        'Fine-tuning steps (every model).')
 _BATCH = flags.DEFINE_integer('batch', 16, 'Pretraining batch (rows).')
 _FT_BATCH = flags.DEFINE_integer('finetune_batch', 32, 'Fine-tuning batch.')

@@ -5,23 +5,20 @@
   writer.write_scalars(step, {'eval/loss': 2.1})
   writer.close()
 
-Every scalar goes to TensorBoard event files in the workdir (clu's
-SummaryWriter) and, as one JSON object per call, to workdir/metrics.jsonl:
+Every scalar goes to TensorBoard event files in the workdir (the
+tensorboard package) and, as one JSON object per call, to workdir/metrics.jsonl:
   {"step": 100, "loss": 2.31, "learning_rate": 0.01, "tokens_per_s": ...}
 A non-finite value is written as null in JSON (JSON has no NaN) and skipped in
 TensorBoard. Processes other than 0 get a writer that only logs.
 
-TensorBoard events come from clu's SummaryWriter when TensorFlow and the
-`tensorboard` package are importable (imported when a writer is created, not
-with this module, so the model side stays TF-free); otherwise from
-`EventFileWriter` below, a dependency-free writer of the same event files
-(scalars and text), so TensorBoard curves exist on every install.
+TensorBoard events are written with the `tensorboard` package's own event
+writer and protos (`EventFileWriter` below), not clu's SummaryWriter: that one
+imports TensorFlow, which stays inside t5x_lite/tasks/ so GPU/TPU hosts can
+train without it.
 """
 import json
 import math
 import os
-import socket
-import struct
 import time
 from typing import Any, Dict, Mapping, Optional
 
@@ -212,132 +209,60 @@ class JsonlWriter:
 # ---- TensorBoard event files without TensorFlow -------------------------------
 
 
-def _crc32c_table():
-  table = []
-  for i in range(256):
-    crc = i
-    for _ in range(8):
-      crc = (crc >> 1) ^ 0x82F63B78 if crc & 1 else crc >> 1
-    table.append(crc)
-  return table
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-  """CRC-32C (Castagnoli), the checksum of TFRecord framing."""
-  crc = 0xFFFFFFFF
-  for b in data:
-    crc = _CRC32C[(crc ^ b) & 0xFF] ^ (crc >> 8)
-  return crc ^ 0xFFFFFFFF
-
-
-def _masked_crc(data: bytes) -> int:
-  crc = crc32c(data)
-  return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
-
-
-def _varint(n: int) -> bytes:
-  n &= (1 << 64) - 1  # int64 two's complement, as protobuf encodes it
-  out = bytearray()
-  while True:
-    b = n & 0x7F
-    n >>= 7
-    if n:
-      out.append(b | 0x80)
-    else:
-      out.append(b)
-      return bytes(out)
-
-
-def _field(number: int, wire: int, payload: bytes) -> bytes:
-  key = _varint((number << 3) | wire)
-  if wire == 2:  # length-delimited
-    return key + _varint(len(payload)) + payload
-  return key + payload
-
-
-def _event(wall_time: float, step: int = 0, *, file_version: str = '',
-           summary_values: bytes = b'') -> bytes:
-  """A tensorflow.Event proto: wall_time=1, step=2, file_version=3,
-  summary=5."""
-  msg = _field(1, 1, struct.pack('<d', wall_time))
-  msg += _field(2, 0, _varint(step))
-  if file_version:
-    msg += _field(3, 2, file_version.encode())
-  if summary_values:
-    msg += _field(5, 2, summary_values)
-  return msg
-
-
-def _scalar_value(tag: str, value: float) -> bytes:
-  """Summary.value entry (field 1): tag=1, simple_value=2 (float)."""
-  return _field(1, 2, _field(1, 2, tag.encode()) +
-                _field(2, 5, struct.pack('<f', value)))
-
-
-def _text_value(tag: str, text: str) -> bytes:
-  """Summary.value with a string tensor and the 'text' plugin metadata."""
-  plugin = _field(1, 2, b'text')  # PluginData.plugin_name
-  metadata = _field(1, 2, plugin)  # SummaryMetadata.plugin_data
-  tensor = (_field(1, 0, _varint(7)) +  # dtype DT_STRING
-            _field(2, 2, b'') +  # tensor_shape: scalar
-            _field(8, 2, text.encode()))  # string_val
-  return _field(1, 2, _field(1, 2, tag.encode()) + _field(9, 2, metadata) +
-                _field(8, 2, tensor))
-
-
 class EventFileWriter:
-  """TensorBoard event files (TFRecord of Event protos), no TensorFlow.
+  """TensorBoard event files through the `tensorboard` package's own writer
+  and protos (what torch.utils.tensorboard uses): no TensorFlow needed.
 
-  Scalars use Summary.Value.simple_value, which TensorBoard's scalars
-  dashboard reads; texts use the text plugin's string tensors.
+  Scalars use Summary.Value.simple_value (the scalars dashboard); texts use the
+  text plugin's string tensors.
   """
 
   def __init__(self, logdir: str):
+    # pylint: disable=g-import-not-at-top
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.compat.proto import tensor_pb2
+    from tensorboard.summary.writer import event_file_writer
+    # pylint: enable=g-import-not-at-top
+    self._event_pb2 = event_pb2
+    self._summary_pb2 = summary_pb2
+    self._tensor_pb2 = tensor_pb2
     os.makedirs(logdir, exist_ok=True)
-    name = (f'events.out.tfevents.{int(time.time())}.{socket.gethostname()}'
-            f'.{os.getpid()}.t5x_lite')
-    self.path = os.path.join(logdir, name)
-    self._f = open(self.path, 'ab')
-    self._record(_event(time.time(), file_version='brain.Event:2'))
+    self._writer = event_file_writer.EventFileWriter(
+        logdir, filename_suffix='.t5x_lite')
 
-  def _record(self, data: bytes):
-    header = struct.pack('<Q', len(data))
-    self._f.write(header + struct.pack('<I', _masked_crc(header)) + data +
-                  struct.pack('<I', _masked_crc(data)))
+  def _add(self, step: int, values):
+    if values:
+      summary = self._summary_pb2.Summary(value=values)
+      self._writer.add_event(self._event_pb2.Event(
+          wall_time=time.time(), step=int(step), summary=summary))
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    values = b''.join(_scalar_value(k, float(v)) for k, v in scalars.items())
-    if values:
-      self._record(_event(time.time(), int(step), summary_values=values))
+    self._add(step, [self._summary_pb2.Summary.Value(tag=k,
+                                                     simple_value=float(v))
+                     for k, v in scalars.items()])
 
   def write_texts(self, step: int, texts: Mapping[str, str]):
-    values = b''.join(_text_value(k, str(v)) for k, v in texts.items())
-    if values:
-      self._record(_event(time.time(), int(step), summary_values=values))
+    meta = self._summary_pb2.SummaryMetadata(
+        plugin_data=self._summary_pb2.SummaryMetadata.PluginData(
+            plugin_name='text'))
+    self._add(step, [self._summary_pb2.Summary.Value(
+        tag=k, metadata=meta, tensor=self._tensor_pb2.TensorProto(
+            dtype=7, string_val=[str(v).encode()]))  # 7: DT_STRING
+                     for k, v in texts.items()])
 
   def write_hparams(self, hparams):
     del hparams  # the resolved config lives in workdir/config.json
 
   def flush(self):
-    self._f.flush()
+    self._writer.flush()
 
   def close(self):
-    if not self._f.closed:
-      self._f.close()
+    self._writer.close()
 
 
 def _tensorboard_writer(logdir: str):
-  """clu's SummaryWriter if TensorFlow + tensorboard import, else ours."""
-  try:
-    from clu.metric_writers import SummaryWriter  # pylint: disable=g-import-not-at-top
-    return SummaryWriter(logdir)
-  except ImportError as e:
-    logging.info('clu SummaryWriter unavailable (%s); writing TensorBoard '
-                 'events with t5x_lite.metrics.EventFileWriter.', e)
-    return EventFileWriter(logdir)
+  return EventFileWriter(logdir)
 
 
 class _FiniteScalars:
