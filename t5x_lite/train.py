@@ -82,7 +82,10 @@ def main(argv):
     _fail(f'cannot load --config: {e}')
   # Before any other JAX call: multi-host runs join their peers here.
   from t5x_lite import distributed  # pylint: disable=g-import-not-at-top
-  distributed.initialize(config)
+  try:
+    distributed.initialize(config)
+  except ValueError as e:  # bad coordinator / process id / count settings
+    _fail(f'distributed: {e}')
   from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
   from t5x_lite import loop  # pylint: disable=g-import-not-at-top
   try:
