@@ -224,6 +224,12 @@ def _xla_attention(query, key, value, bias, mask, *, dropout_rate,
   return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
 
+# What `attention_impl='cudnn'` asks jax.nn.dot_product_attention for. Tests
+# set it to 'xla' to run this exact branch (bias cast, mask broadcast, no
+# scaling) on CPU against the einsum path.
+FUSED_IMPLEMENTATION = 'cudnn'
+
+
 def _cudnn_attention(query, key, value, bias, mask):
   """cuDNN fused attention (flash): bf16/fp16 inputs, no scaling.
 
@@ -238,7 +244,8 @@ def _cudnn_attention(query, key, value, bias, mask):
     mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1],
                                                     key.shape[1]))
   return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                      scale=1.0, implementation='cudnn')
+                                      scale=1.0,
+                                      implementation=FUSED_IMPLEMENTATION)
 
 
 def _select_query_row(bias: jax.Array, index: jax.Array) -> jax.Array:

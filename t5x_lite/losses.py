@@ -64,13 +64,19 @@ def cross_entropy_with_z_loss(
   normalizing_constant = -(
       confidence * jnp.log(confidence) +
       (vocab - 1) * low_confidence * jnp.log(low_confidence + 1e-20))
-  soft_targets = jax.nn.one_hot(
-      targets, vocab, dtype=jnp.float32) * (confidence - low_confidence)
-  soft_targets = soft_targets + low_confidence  # [batch, len, vocab]
-
+  # -sum_v soft_v * log_softmax_v with soft = low + (confidence - low) *
+  # one_hot(target), and sum_v soft_v = 1, is
+  #   log_z - (confidence - low) * logit[target] - low * sum_v logit_v.
+  # Written that way no [batch, len, vocab] one-hot or log-softmax array is
+  # built: XLA fuses the float32 upcast into the three reductions, so the
+  # only vocab-sized buffer is the logits themselves (and softmax in the
+  # backward pass).
   log_z = jax.nn.logsumexp(logits, axis=-1)  # [batch, len]
-  log_softmax = logits - log_z[..., None]  # [batch, len, vocab]
-  token_loss = -jnp.sum(soft_targets * log_softmax, axis=-1)  # [batch, len]
+  target_logit = jnp.take_along_axis(
+      logits, targets[..., None].astype(jnp.int32), axis=-1)[..., 0]
+  token_loss = log_z - (confidence - low_confidence) * target_logit
+  if label_smoothing:
+    token_loss -= low_confidence * jnp.sum(logits, axis=-1)  # [batch, len]
   token_z_loss = z_loss * jnp.square(log_z)  # [batch, len]
   token_loss = token_loss + token_z_loss - normalizing_constant
 
