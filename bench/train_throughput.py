@@ -3,6 +3,8 @@
     python bench/train_throughput.py --config=configs/pretrain_t5.py:base --batch=128
     python bench/train_throughput.py --config=configs/pretrain_t5.py:base --sweep \
         --sweep_batches=32,64,128 --sweep_remat=none,save_dots_no_batch,full
+    python bench/train_throughput.py --config=configs/pretrain_t5.py:xl \
+        --batch=128 --memory_plan   # XLA's buffer plan, nothing allocated
 
 Runs without TensorFlow or seqio: batches are synthetic tokens of the task's
 feature lengths (the step's cost does not depend on their values). Each line
@@ -66,6 +68,10 @@ _SWEEP_REMAT = flags.DEFINE_list('sweep_remat',
 _PEAK = flags.DEFINE_float('peak_tflops', 0.0,
                            'Peak dense TFLOP/s of one device (0: by kind).')
 _OUTPUT = flags.DEFINE_string('output', '', 'Also append JSON lines here.')
+_MEMORY_PLAN = flags.DEFINE_bool(
+    'memory_plan', False,
+    'Compile the step for abstract state and batch (nothing allocated) and '
+    "report XLA's memory plan instead of timing: which sizes fit a device.")
 flags.DEFINE_bool('no_gpu_flags', False, 'Do not set GPU_XLA_FLAGS.')
 
 # Dense bf16 peaks per device (spec sheets); matmul-only MFU divides by these.
@@ -174,6 +180,60 @@ def measure(config, config_name):
   }
 
 
+def memory_plan(config, config_name):
+  """XLA's buffer plan of one train step, for a config too big to run here.
+
+  The step is lowered and compiled for ShapeDtypeStructs only, so a 11B
+  model's plan costs a compile, not its memory. plan_gb = arguments (state,
+  batch) + temporaries + outputs not aliased to donated arguments: what the
+  device must hold at the step's peak. state_gb is exact (params and
+  optimizer state bytes). The plan is the compiling backend's: on GPU it is
+  the GPU's; on CPU it is an estimate (the CPU compiler upcasts some bf16
+  work to f32, so it errs high).
+  """
+  batch_size = _BATCH.value or config.train.batch_size
+  config.train.batch_size = batch_size
+  config_lib.validate(config)
+  mesh = partitioning.make_mesh(config.mesh)
+  rules = partitioning.logical_rules(config)
+  model = models.from_config(config)
+  tx, _ = optimizers.make_optimizer(config)
+  abstract, shardings = trainer.abstract_train_state(model, tx, config, mesh)
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  step = trainer.make_train_step(model, tx, config, mesh, shardings,
+                                 batch_sharding)
+  batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
+           for k, v in model.input_shapes(config.task.feature_lengths,
+                                          batch_size).items()}
+  t = time.time()
+  compiled = step.lower(abstract, batch, jax.random.PRNGKey(0)).compile()
+  compile_s = time.time() - t
+  m = compiled.memory_analysis()
+  gb = lambda n: round(n / 2**30, 3)
+  state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(
+      abstract))
+  plan = (m.argument_size_in_bytes + m.temp_size_in_bytes +
+          m.output_size_in_bytes - m.alias_size_in_bytes)
+  return {
+      'bench': 'memory_plan',
+      'config': config_name,
+      'size': config.model.size,
+      'batch': batch_size,
+      'remat': config.model.remat_policy,
+      'dtype': config.model.dtype,
+      'optimizer': config.optimizer.name,
+      'params': int(sum(x.size for x in jax.tree.leaves(abstract.params))),
+      'state_bytes': int(state_bytes),
+      'state_gb': gb(state_bytes),
+      'temp_gb': gb(m.temp_size_in_bytes),
+      'plan_gb': gb(plan),
+      'compile_s': round(compile_s, 1),
+      'devices': jax.device_count(),
+      'device_kind': jax.devices()[0].device_kind,
+      'platform': jax.default_backend(),
+  }
+
+
 def emit(line):
   text = json.dumps(line)
   print(text, flush=True)
@@ -215,7 +275,8 @@ def main(argv):
   if _SWEEP.value:
     sweep(sys.argv)
     return
-  emit(measure(_CONFIG.value, _config_name(sys.argv)))
+  run = memory_plan if _MEMORY_PLAN.value else measure
+  emit(run(_CONFIG.value, _config_name(sys.argv)))
 
 
 if __name__ == '__main__':

@@ -42,3 +42,13 @@ def test_sweep_one_line_per_point():
   assert [(l['batch'], l['remat']) for l in lines] == [(2, 'none'),
                                                        (2, 'full')]
   assert all('error' not in l for l in lines), lines
+
+
+def test_memory_plan_counts_the_state_exactly():
+  """--memory_plan compiles for shapes only; the state bytes are exact."""
+  (line,) = _run('--batch=4', '--memory_plan', '--config.optimizer.name=adamw')
+  assert line['bench'] == 'memory_plan' and line['batch'] == 4
+  # fp32 params + AdamW's two fp32 moments + three int32 counters (the
+  # train step, Adam's count, the schedule's count).
+  assert line['state_bytes'] == 3 * line['params'] * 4 + 3 * 4
+  assert line['plan_gb'] >= line['state_gb'] and line['temp_gb'] > 0
