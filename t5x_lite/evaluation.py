@@ -17,13 +17,12 @@ or an HF-imported params-only dir), then on config.task.eval_split:
   3. a few decoded samples (input / target / prediction), printed and logged.
 
 Results go to workdir/eval_results.json and TensorBoard (run "eval": event
-files and a metrics.jsonl under workdir/eval/). seqio (hence TensorFlow) is
-imported only when an evaluation runs, never by importing this module.
+files and a metrics.jsonl under workdir/eval/). seqio (hence TensorFlow) lives in
+t5x_lite/tasks/evaluator.py, imported when an evaluation runs.
 """
 import json
 import os
-import time
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from absl import logging
 import jax
@@ -184,15 +183,6 @@ def trim_decode(tokens, eos_id: int) -> List[int]:
   return out
 
 
-def _enumerated_batches(ds, batch_size: int
-                        ) -> Iterator[Tuple[np.ndarray, Dict[str, np.ndarray],
-                                            int]]:
-  """seqio's enumerated eval dataset -> (indices, padded features, n real)."""
-  for indices, feats in ds.batch(batch_size).as_numpy_iterator():
-    feats = {k: v for k, v in feats.items() if np.asarray(v).dtype != object}
-    yield np.asarray(indices), pad_rows(feats, batch_size), len(indices)
-
-
 def round_up(size: int, multiple: int) -> int:
   """`size` rounded up to a multiple (batch shards; padded rows are dropped)."""
   return -(-int(size) // multiple) * multiple
@@ -337,70 +327,18 @@ def format_samples(samples: List[Dict[str, str]]) -> str:
 # ---- seqio.Evaluator ---------------------------------------------------------------
 
 
-def _to_jsonable(v):
-  if isinstance(v, (np.floating, np.integer)):
-    return v.item()
-  if isinstance(v, np.ndarray):
-    return v.tolist()
-  if isinstance(v, (float, int, str, bool)) or v is None:
-    return v
-  if isinstance(v, dict):
-    return {str(k): _to_jsonable(x) for k, x in v.items()}
-  if isinstance(v, (list, tuple)):
-    return [_to_jsonable(x) for x in v]
-  value = getattr(v, 'value', None)  # seqio.metrics.Scalar and friends
-  return _to_jsonable(value) if value is not None else str(v)
-
-
 def task_metrics(predictor: Predictor, config, step: int
                  ) -> Dict[str, Dict[str, Any]]:
-  """{task: {metric: value}} from seqio.Evaluator with the tasks' metric fns.
-
-  Empty when no task of config.task.name has metric fns (pretraining).
-  """
-  import seqio  # pylint: disable=g-import-not-at-top
-  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  """{task: {metric: value}} from seqio.Evaluator with the tasks' metric fns
+  (t5x_lite/tasks/evaluator.py). Empty for pretraining tasks and for
+  encoder-only models (they do not decode)."""
+  from t5x_lite.tasks import evaluator  # pylint: disable=g-import-not-at-top
   if predictor.model.ARCH == 'encoder_only':
     return {}
-  evaluator = seqio.Evaluator(
-      mixture_or_task_name=config.task.name,
-      feature_converter=tasks.feature_converter_for(config, pack=False),
-      eval_split=config.task.eval_split,
-      use_cached=bool(config.task.use_cached),
-      seed=int(config.train.seed),
-      sequence_length=tasks.task_feature_lengths(config),
-      num_examples=int(config.eval.max_examples) or None,
-      shuffle=False, async_compute_metrics=False)
-  if not evaluator.eval_tasks:
-    logging.info('No task of %r has metric fns for split %r: no task metrics.',
-                 config.task.name, config.task.eval_split)
-    return {}
-  size = eval_batch_size(config, predictor.num_shards)
-
-  def predict_fn(ds):
-    out = []
-    for indices, feats, n in _enumerated_batches(ds, size):
-      tokens, _ = predictor.predict(feats)
-      # Full-length rows (zeros after EOS): seqio stacks them into one
-      # array and its vocabulary decodes up to the first EOS.
-      out += [(int(indices[i]), tokens[i].tolist()) for i in range(n)]
-    return out
-
-  def score_fn(ds):
-    out = []
-    for indices, feats, n in _enumerated_batches(ds, size):
-      scores = predictor.score(feats)
-      out += [(int(indices[i]), float(scores[i])) for i in range(n)]
-    return out
-
-  start = time.time()
-  metrics_future, _ = evaluator.evaluate(
-      compute_metrics=True, step=step, predict_fn=predict_fn,
-      score_fn=score_fn)
-  results = _to_jsonable(metrics_future.result() or {})
-  evaluator.close()
-  logging.info('seqio metrics in %.1fs: %s', time.time() - start, results)
-  return results
+  return evaluator.evaluate(
+      config, step, eval_batch_size(config, predictor.num_shards),
+      predict=lambda feats: predictor.predict(feats)[0],
+      score=predictor.score)
 
 
 # ---- the whole evaluation ----------------------------------------------------------
