@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 
 PY=${PY:-.venv/bin/python}
 ROOT=${ROOT:-runs/pretrain_then_finetune}
-# 500 steps (local_tiny's default, what `make run` trains) are not enough
-# yet: at this size the encoder transfers after ~1500 steps.
+# Three times local_tiny's 500 (what `make run` trains); the README's
+# result is from this default.
 PRE_STEPS=${PRE_STEPS:-1500}
 FT_STEPS=${FT_STEPS:-400}       # the same for both fine-tuning runs
 SPLIT=${SPLIT:-test}            # held out from training and from validation
