@@ -118,18 +118,24 @@ def peak_memory_gb():
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 'host_rss'
 
 
-def measure(config, config_name):
-  """Runs one point in this process; returns its JSON-able dict."""
+def _setup(config):
+  """(batch size, mesh, batch sharding, model, optimizer) of a point."""
   batch_size = _BATCH.value or config.train.batch_size
   config.train.batch_size = batch_size
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh)
-  rules = partitioning.logical_rules(config)
+  batch_sharding = partitioning.batch_sharding(
+      mesh, partitioning.logical_rules(config))
   model = models.from_config(config)
   tx, _ = optimizers.make_optimizer(config)
+  return batch_size, mesh, batch_sharding, model, tx
+
+
+def measure(config, config_name):
+  """Runs one point in this process; returns its JSON-able dict."""
+  batch_size, mesh, batch_sharding, model, tx = _setup(config)
   state, shardings = trainer.create_train_state(
       model, tx, config, mesh, jax.random.PRNGKey(config.train.seed))
-  batch_sharding = partitioning.batch_sharding(mesh, rules)
   step = trainer.make_train_step(model, tx, config, mesh, shardings,
                                  batch_sharding)
   # Batches live on device before timing: the step alone is measured.
@@ -191,15 +197,8 @@ def memory_plan(config, config_name):
   the GPU's; on CPU it is an estimate (the CPU compiler upcasts some bf16
   work to f32, so it errs high).
   """
-  batch_size = _BATCH.value or config.train.batch_size
-  config.train.batch_size = batch_size
-  config_lib.validate(config)
-  mesh = partitioning.make_mesh(config.mesh)
-  rules = partitioning.logical_rules(config)
-  model = models.from_config(config)
-  tx, _ = optimizers.make_optimizer(config)
+  batch_size, mesh, batch_sharding, model, tx = _setup(config)
   abstract, shardings = trainer.abstract_train_state(model, tx, config, mesh)
-  batch_sharding = partitioning.batch_sharding(mesh, rules)
   step = trainer.make_train_step(model, tx, config, mesh, shardings,
                                  batch_sharding)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
