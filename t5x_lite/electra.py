@@ -37,9 +37,9 @@ models.finalize_metrics turns into metrics):
                      (micro)batch, so with train.microbatches > 1 the RTD
                      weight follows each microbatch's ratio, ~0.15 always);
   correct            generator MLM argmax hits -> `accuracy`;
-  mlm_loss, disc_loss, disc_accuracy, disc_baseline_accuracy (predict "all
-  original"), replaced_rate (replaced / real tokens), masked_replaced_rate
-  (replaced / selected positions).
+  mlm_loss, disc_loss, disc_accuracy, disc_recall, disc_precision,
+  disc_baseline_accuracy (predict "all original"), replaced_rate (replaced
+  / real tokens), masked_replaced_rate (replaced / selected positions).
 """
 from typing import Dict, Tuple
 
@@ -260,6 +260,8 @@ class ElectraModel(models.EncoderOnlyModel):
     replaced = f['replaced'].astype(jnp.float32) * dw
     predicted = (f['disc_logits'] > 0).astype(jnp.float32)
     disc_correct = jnp.sum((predicted == replaced).astype(jnp.float32) * dw)
+    caught = jnp.sum(predicted * replaced)  # replaced tokens flagged
+    flagged = jnp.sum(predicted * dw)
     sums = {
         'loss': total, 'z_loss': z_sum, 'correct': correct, 'num_tokens': n_mlm,
         'mlm_loss_num': mlm_sum, 'mlm_loss_den': n_mlm,
@@ -270,6 +272,10 @@ class ElectraModel(models.EncoderOnlyModel):
         'replaced_rate_num': jnp.sum(replaced), 'replaced_rate_den': n_disc,
         'masked_replaced_rate_num': jnp.sum(replaced),
         'masked_replaced_rate_den': n_mlm,
+        # Of the replaced tokens, the share flagged; of the flagged, the
+        # share really replaced (accuracy alone hides a timid detector).
+        'disc_recall_num': caught, 'disc_recall_den': jnp.sum(replaced),
+        'disc_precision_num': caught, 'disc_precision_den': flagged,
     }
     return total, sums
 

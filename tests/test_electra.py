@@ -184,7 +184,13 @@ def test_loss_is_mlm_plus_weighted_rtd_and_metrics_add_up(model_and_params):
                              m['replaced_rate'] * n_real, rtol=1e-5)
   # An untrained generator almost never reproduces the original.
   assert float(m['masked_replaced_rate']) > 0.8
-  for k in ('disc_accuracy', 'accuracy', 'replaced_rate'):
+  # Accuracy from the confusion counts: hits + correct rejections.
+  caught, flagged, n_rep = (float(sums[k]) for k in (
+      'disc_recall_num', 'disc_precision_den', 'disc_recall_den'))
+  np.testing.assert_allclose(
+      m['disc_accuracy'] * n_real, caught + (n_real - n_rep - (flagged - caught)),
+      rtol=1e-5)
+  for k in ('disc_accuracy', 'accuracy', 'replaced_rate', 'disc_recall'):
     assert 0.0 <= float(m[k]) <= 1.0
 
 
