@@ -38,29 +38,25 @@ for run in "${RUNS[@]}"; do
       --config.checkpoint.every_steps="$STEPS" ${EXTRA[@]+"${EXTRA[@]}"}
 done
 
-"$PY" - "$ROOT" "$STEPS" "$(( $(date +%s) - start ))" <<'EOF'
+"$PY" - "$ROOT" "$STEPS" "$(( $(date +%s) - start ))" "${RUNS[@]}" <<'EOF'
 import json, os, sys
-root, steps, seconds = sys.argv[1:]
+root, steps, seconds, *runs = sys.argv[1:]
 print(f'\nvalidation loss of each objective, {steps} steps from its config:')
 print('| objective | config | val loss first eval -> last | change |')
 print('|---|---|---|---|')
-configs = {'t5_span_corruption': 'local_tiny.py', 'bert_mlm': 'pretrain_bert.py:tiny',
-           'electra': 'pretrain_electra.py:tiny', 'causal_lm': 'pretrain_lm.py:causal',
-           'prefix_lm': 'pretrain_lm.py:prefix', 'glm': 'pretrain_glm.py:tiny'}
-for name, config in configs.items():
+for name, config in (run.split() for run in runs):
   with open(os.path.join(root, name, 'metrics.jsonl')) as f:
     evals = [json.loads(l) for l in f if '"eval/loss"' in l]
   a, b = evals[0], evals[-1]
   print(f'| {name} | {config} | {a["eval/loss"]:.3f} (step {a["step"]}) -> '
         f'{b["eval/loss"]:.3f} (step {b["step"]}) | '
         f'{100 * (b["eval/loss"] / a["eval/loss"] - 1):+.0f}% |')
-e = evals = None
 with open(os.path.join(root, 'electra', 'metrics.jsonl')) as f:
   e = [json.loads(l) for l in f if '"eval/disc_accuracy"' in l][-1]
 print(f'\nELECTRA at step {e["step"]} (validation): discriminator accuracy '
       f'{e["eval/disc_accuracy"]:.4f} vs all-original baseline '
       f'{e["eval/disc_baseline_accuracy"]:.4f} '
-      f'(+{100 * (e["eval/disc_accuracy"] - e["eval/disc_baseline_accuracy"]):.2f} points); '
+      f'({100 * (e["eval/disc_accuracy"] - e["eval/disc_baseline_accuracy"]):+.2f} points); '
       f'replaced-token rate {e["eval/replaced_rate"]:.4f} of tokens, '
       f'{e["eval/masked_replaced_rate"]:.4f} of masked positions; '
       f'generator MLM loss {e["eval/mlm_loss"]:.3f}')

@@ -129,17 +129,23 @@ def _batches():
   return out
 
 
-def _train(config, params):
-  """Losses of STEPS steps from `params` (unrolled layout), fresh AdamW."""
+def _train(config, params=None):
+  """(initial params, losses of STEPS steps), fresh AdamW. `params` (unrolled
+  layout) start the run; None initialises them from PRNGKey(0)."""
   model = models.from_config(config)
   tx, _ = optimizers.make_optimizer(config)
   mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
-  _, shardings = trainer.abstract_train_state(model, tx, config, mesh)
-  if config.model.scan_layers:
-    params = network.stack_layers(params)
-  state = trainer.TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                             opt_state=tx.init(params))
-  state = jax.device_put(state, shardings)
+  if params is None:
+    state, shardings = trainer.create_train_state(model, tx, config, mesh,
+                                                  jax.random.PRNGKey(0))
+    params = jax.device_get(state.params)
+  else:
+    _, shardings = trainer.abstract_train_state(model, tx, config, mesh)
+    stacked = (network.stack_layers(params) if config.model.scan_layers
+               else params)
+    state = jax.device_put(
+        trainer.TrainState(step=jnp.zeros((), jnp.int32), params=stacked,
+                           opt_state=tx.init(stacked)), shardings)
   batch_sharding = partitioning.batch_sharding(
       mesh, partitioning.logical_rules(config))
   step = trainer.make_train_step(model, tx, config, mesh, shardings,
@@ -149,19 +155,12 @@ def _train(config, params):
     state, m = step(state, partitioning.shard_batch(b, batch_sharding),
                     jax.random.PRNGKey(1))
     losses.append(float(jax.device_get(m['loss'])))
-  return np.array(losses)
+  return params, np.array(losses)
 
 
 @pytest.fixture(scope='module')
 def plain():
-  config = _config(**PLAIN)
-  model = models.from_config(config)
-  tx, _ = optimizers.make_optimizer(config)
-  mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
-  state, _ = trainer.create_train_state(model, tx, config, mesh,
-                                        jax.random.PRNGKey(0))
-  params = jax.device_get(state.params)
-  return params, _train(config, params)
+  return _train(_config(**PLAIN))
 
 
 def test_plain_path_learns(plain):
@@ -172,14 +171,14 @@ def test_plain_path_learns(plain):
 def test_fast_path_structure_in_float32_equals_plain(plain):
   """scan + remat + fused branch + reduction CE: same losses to fp32 noise."""
   params, want = plain
-  got = _train(_config(**dict(FAST, dtype='float32')), params)
+  _, got = _train(_config(**dict(FAST, dtype='float32')), params)
   np.testing.assert_allclose(got, want, rtol=1e-5)
 
 
 def test_fast_path_in_bfloat16_matches_plain_within_bf16_tolerance(plain):
   """The whole fast path: every step's loss within bf16 tolerance."""
   params, want = plain
-  got = _train(_config(**FAST), params)
+  _, got = _train(_config(**FAST), params)
   # bf16 has an 8-bit mantissa (relative step 2^-8 = 0.4%). Measured: at
   # most 6e-4 relative over the 20 steps (fp32 structure alone: 7e-7).
   # 5e-3 leaves a margin; a real bug (a wrong mask, a dropped bias, a
