@@ -9,7 +9,8 @@ r"""Does an encoder use its context yet? Two probes on a BERT or ELECTRA run.
    At a kept position the token is in the input, so copying it is free.
 2. Neighbour sensitivity: change the token at one position of every row and
    measure how far the final hidden states move (L2), at that position, at
-   distances 1-2 and at distances >= 32. A model that reads its neighbours
+   distances 1-2 and at distances >= --far_distance (32; 16 for 32-token
+   rows). A model that reads its neighbours
    moves them more than far positions; equal numbers mean a bag of words
    (attention spread evenly), which can only flag a replaced token by what
    the token is, never by whether it fits where it stands.
@@ -44,6 +45,9 @@ _TRAIN_BATCHES = flags.DEFINE_integer(
     'train_batches', 100, 'Train batches of 32 whose token frequencies make '
     'the unigram baseline.')
 _POSITION = flags.DEFINE_integer('position', 10, 'Where the token is changed.')
+_FAR = flags.DEFINE_integer(
+    'far_distance', 32, 'Distances from --position that count as far; must '
+    'fit in a row (16 for 32-token rows).')
 
 
 def unigram_cross_entropy(train_tokens, tokens, vocab_size: int) -> float:
@@ -73,10 +77,17 @@ def mlm_nll_by_kind(logits, batch, mask_id: int):
               int(jnp.sum(selected & m))) for k, m in kinds.items()}
 
 
-def neighbour_sensitivity(hidden_fn, tokens, position: int, new_token: int):
+def neighbour_sensitivity(hidden_fn, tokens, position: int, new_token: int,
+                          far_distance: int = 32):
   """Mean L2 move of the hidden states [b, len, emb] when the token at
   `position` (real tokens only) becomes `new_token`: at the position, at
-  distances 1-2, and at distances >= 32 (real tokens of the same rows)."""
+  distances 1-2, and at distances >= far_distance (real tokens of the same
+  rows)."""
+  length = tokens.shape[1]
+  if position + far_distance >= length and position - far_distance < 0:
+    raise ValueError(
+        f'far_distance={far_distance} from position {position} falls outside '
+        f'rows of {length} tokens; pass a smaller --far_distance.')
   changed = tokens.at[:, position].set(
       jnp.where(tokens[:, position] > 0, new_token, 0))
   move = jnp.linalg.norm(hidden_fn(changed) - hidden_fn(tokens), axis=-1)
@@ -88,10 +99,11 @@ def neighbour_sensitivity(hidden_fn, tokens, position: int, new_token: int):
     return float(jnp.sum(jnp.where(w, move, 0.0)) / jnp.maximum(w.sum(), 1))
 
   return {'self': mean(dist == 0), 'near': mean((dist >= 1) & (dist <= 2)),
-          'far': mean(dist >= 32)}
+          'far': mean(dist >= far_distance)}
 
 
-def probe(config, params, batches, train_tokens, position=10):
+def probe(config, params, batches, train_tokens, position=10,
+          far_distance=32):
   """Both probes over `batches` (dicts of [b, len] arrays); one dict out.
   train_tokens: ids whose frequencies make the unigram baseline."""
   from t5x_lite.tasks import vocabularies  # pylint: disable=g-import-not-at-top
@@ -121,9 +133,11 @@ def probe(config, params, batches, train_tokens, position=10):
       return model.apply(params, dict(batch, encoder_input_tokens=tokens),
                          head='hidden')
 
-    moves.append(neighbour_sensitivity(hidden, original, position, 777))
+    moves.append(neighbour_sensitivity(hidden, original, position, 777,
+                                       far_distance))
   out = {f'mlm_nll_at_{k}': s / max(n, 1) for k, (s, n) in sums.items()}
   out.update({f'count_{k}': n for k, (_, n) in sums.items()})
+  out['far_distance'] = far_distance
   out['unigram_nll_of_targets'] = unigram_cross_entropy(
       train_tokens, np.concatenate(originals), config.model.vocab_size)
   for k in ('self', 'near', 'far'):
@@ -152,7 +166,8 @@ def main(argv):
       for _ in range(_TRAIN_BATCHES.value)])
   train_tokens = train_tokens[train_tokens > 0]  # padding is no word
   out = dict(step=step, workdir=_WORKDIR.value,
-             **probe(config, params, batches, train_tokens, _POSITION.value))
+             **probe(config, params, batches, train_tokens, _POSITION.value,
+                   _FAR.value))
   print(json.dumps(out))
 
 

@@ -5,7 +5,7 @@
 # from the causal LM and the GLM model (scripts/sample_generations.py).
 #
 #   scripts/train_objectives.sh                 # STEPS=600 each, ~25 min on 2 CPU cores
-#   STEPS=1500 ROOT=/tmp/obj scripts/train_objectives.sh   # the configs' own length
+#   STEPS=1500 ROOT=/tmp/obj scripts/train_objectives.sh   # 1500 steps each
 #
 # Rerunning resumes each run from its checkpoints.
 set -euo pipefail

@@ -239,7 +239,9 @@ class Predictor:
 
 def teacher_forced_metrics(predictor: Predictor, config) -> Dict[str, float]:
   """eval/{loss,accuracy,z_loss,num_tokens} over eval.num_batches batches of
-  task.eval_split (-1: the whole split), as the training loop computes them."""
+  task.eval_split (-1: the whole split), as the training loop computes them,
+  plus the objective's own metrics (ELECTRA: disc_accuracy,
+  disc_baseline_accuracy, replaced_rate, ...)."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
   num_batches = int(config.eval.num_batches)
   if num_batches == 0:
@@ -266,9 +268,7 @@ def teacher_forced_metrics(predictor: Predictor, config) -> Dict[str, float]:
                     size, config.task.eval_split)
     return {}
   m = models.finalize_metrics(total)
-  return {'loss': float(m['loss']), 'accuracy': float(m['accuracy']),
-          'z_loss': float(m['z_loss']), 'num_tokens': float(m['num_tokens']),
-          'batches': n}
+  return dict({k: float(v) for k, v in m.items()}, batches=n)
 
 
 # ---- decoded samples -----------------------------------------------------------------
@@ -415,6 +415,10 @@ def summary(results: Dict[str, Any]) -> str:
   if tf:
     lines.append(f'  teacher-forced loss {tf["loss"]:.4f}  token accuracy '
                  f'{tf["accuracy"]:.4f}  ({tf["batches"]} batches)')
+    extra = sorted(set(tf) - {'loss', 'accuracy', 'z_loss', 'num_tokens',
+                              'batches'})
+    if extra:  # the objective's own metrics
+      lines.append('  ' + '  '.join(f'{k} {tf[k]:.4f}' for k in extra))
   for task, metrics in results['metrics'].items():
     shown = ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
                       for k, v in metrics.items())

@@ -142,6 +142,17 @@ def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
       evals[-1]['eval/disc_baseline_accuracy'],
       1.0 - evals[-1]['eval/replaced_rate'], rtol=1e-5)
 
+  # The eval entrypoint reports the discriminator's numbers too.
+  from t5x_lite import evaluation
+  printed = []
+  tf = evaluation.evaluate(c, work, write=False,
+                           print_fn=printed.append)['teacher_forced']
+  assert 0.0 < tf['replaced_rate'] < 0.5
+  np.testing.assert_allclose(tf['disc_baseline_accuracy'],
+                             1.0 - tf['replaced_rate'], rtol=1e-5)
+  assert 0.0 <= tf['disc_accuracy'] <= 1.0
+  assert f'disc_accuracy {tf["disc_accuracy"]:.4f}' in printed[0]
+
   # What checkpoint.restore_from does for the classifier fine-tuning config.
   from t5x_lite import checkpoints
   export = electra.export_discriminator(work, str(tmp_path / 'disc'))

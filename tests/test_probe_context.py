@@ -4,6 +4,7 @@ import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(__file__)), 'scripts',
                      'probe_context.py')
@@ -53,3 +54,19 @@ def test_neighbour_sensitivity_tells_bag_of_words_from_local_context():
   # of the two distance-1..2 positions on each side: 4, 6, 3, 7) only.
   np.testing.assert_allclose(local['near'], bow['self'] / 4, rtol=1e-6)
   assert local['far'] == 0.0
+
+
+def test_neighbour_sensitivity_far_distance_fits_the_row():
+  tokens = jnp.arange(1, 33, dtype=jnp.int32).reshape(1, 32)
+  table = jnp.eye(1000)[:, :8] * 3.0
+
+  def whole_row(t):  # every position sees the sum of the row
+    return jnp.broadcast_to(table[t].sum(1, keepdims=True), table[t].shape)
+
+  got = probe_context.neighbour_sensitivity(whole_row, tokens, 10, 2,
+                                            far_distance=16)
+  # Only positions 26..31 are >= 16 away; each moves as much as the token.
+  np.testing.assert_allclose(got['far'], got['self'], rtol=1e-6)
+  assert got['far'] > 0.0
+  with pytest.raises(ValueError, match='smaller --far_distance'):
+    probe_context.neighbour_sensitivity(whole_row, tokens, 10, 2)
