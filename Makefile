@@ -8,7 +8,7 @@ WORKDIR ?= runs/local_tiny
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test venv data bench clean-run
+.PHONY: run test test-fast venv data bench clean-run
 
 venv: $(STAMP)
 
@@ -33,8 +33,13 @@ run: data
 clean-run:
 	rm -rf $(WORKDIR)
 
+# Every test (what CI runs). `make test-fast` skips the end-to-end ones
+# (pytest marker `slow`, tests/conftest.py) for a quick inner loop.
 test: data
 	$(PY) -m pytest -q tests
+
+test-fast: data
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) bench/train_throughput.py --config=configs/local_tiny.py --batch=8

@@ -10,8 +10,8 @@ Runs without TensorFlow or seqio: batches are synthetic tokens of the task's
 feature lengths (the step's cost does not depend on their values). Each line
 has config, batch, compile_s (process start to the first step done), step_s
 (median of --steps timed steps after --warmup), tokens_per_s, mfu (matmul FLOPs
-of t5x_lite/flops.py, the formula of shared/bench/t5flops.py, over the device's
-peak), peak_mem_gb. A sweep runs every point in a fresh subprocess, so compile
+of t5x_lite/flops.py, the common T5 FLOPs formula, over the device's peak),
+peak_mem_gb. A sweep runs every point in a fresh subprocess, so compile
 times and memory peaks are each point's own; a point that runs out of memory
 prints a line with "error" instead of stopping the sweep.
 
@@ -49,8 +49,8 @@ from ml_collections import config_flags
 import numpy as np
 
 from t5x_lite import config as config_lib
-from t5x_lite import flops
-from t5x_lite import models
+from t5x_lite import lengths
+from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import trainer
@@ -126,7 +126,7 @@ def _setup(config):
   mesh = partitioning.make_mesh(config.mesh)
   batch_sharding = partitioning.batch_sharding(
       mesh, partitioning.logical_rules(config))
-  model = models.from_config(config)
+  model = objectives.build_model(config)
   tx, _ = optimizers.make_optimizer(config)
   return batch_size, mesh, batch_sharding, model, tx
 
@@ -158,9 +158,9 @@ def measure(config, config_name):
     times.append(time.perf_counter() - t)
   step_s = float(np.median(times))
 
-  lens = models.sequence_lengths(config.model.arch, config.task.feature_lengths)
+  lens = lengths.model_lengths(config.model.arch, config.task.feature_lengths)
   tokens = batch_size * sum(lens.values())
-  step_flops = flops.model_flops_per_step(config, batch_size)
+  step_flops = model.flops_per_step(config.task.feature_lengths, batch_size)
   peak, peak_source = device_peak_flops()
   mem_gb, mem_source = peak_memory_gb()
   return {

@@ -3,45 +3,29 @@
 This file is the schema: any config file starts from `get_config()` here, and
 validation (t5x_lite/config.py) rejects a key that is not in it. Other config
 files pick a model size from configs/models.py and change a few fields.
+Two groups are derived, not retyped: `model` from t5x_lite/model_config.py's
+ModelConfig (each field's comment is there) and `objective` from the
+registered objectives (t5x_lite/objectives/: `name` plus each objective's
+own settings, e.g. objective.electra.disc_weight).
 
     python -m t5x_lite.train --config=configs/default.py --workdir=/tmp/run \
         --config.train.num_steps=100
 """
 import ml_collections
 
+from t5x_lite import model_config
+from t5x_lite import objectives
+
 
 def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
 
-  # ---- model: sizes come from configs/models.py (models.apply_size) ----------
-  c.model = ml_collections.ConfigDict(dict(
-      arch='encoder_decoder',  # encoder_decoder (T5) | decoder_only | encoder_only
-      size='tiny',  # the row of configs/models.py these dims came from
-      vocab_size=32128,  # logits size; T5 pads 32000+100 sentinels to 32128
-      emb_dim=64,  # d_model
-      num_heads=4,
-      head_dim=16,  # d_kv; num_heads*head_dim need not equal emb_dim
-      mlp_dim=128,  # d_ff
-      num_encoder_layers=2,  # also the layer count of encoder_only models
-      num_decoder_layers=2,  # also the layer count of decoder_only models
-      mlp_activations=('gelu', 'linear'),  # gated GELU (T5.1.1); ('relu',) is T5.1.0
-      logits_via_embedding=False,  # tied logits with d_model**-0.5 (T5.1.0)
-      dropout_rate=0.0,  # T5.1.1 pretraining used none; 0.1 for fine-tuning
-      dtype='float32',  # activation/matmul dtype: float32 | bfloat16
-      relative_attention_num_buckets=32,
-      relative_attention_max_distance=128,
-      layer_norm_epsilon=1e-6,
-      attention_impl='xla',  # xla (einsum) | cudnn (fused, GPU only)
-      remat_policy='none',  # none | full | save_dots | save_dots_no_batch | save_attn_out
-      scan_layers=True,  # nn.scan over layers: one compiled layer, fast compiles
-      num_classes=2,  # encoder_only pooled classification head
-      generator_size_fraction=0.25,  # ELECTRA generator hidden size / discriminator's
-      generator_layers_fraction=1.0,  # ELECTRA generator depth / discriminator's
-      electra_disc_weight=50.0,  # ELECTRA loss = MLM + weight * replaced-token loss
-      objective='auto',  # auto: the arch's own loss | electra (encoder_only) | classify (encoder_only pooled head)
-      num_block_positions=0,  # decoder_only GLM: learned table of intra-span (block) positions; 0: none
-  ))
+  # ---- model: t5x_lite/model_config.py; sizes from configs/models.py ---------
+  c.model = model_config.model_config_dict()
+
+  # ---- objective: what is learned ('' = the task's; t5x_lite/objectives/) ----
+  c.objective = objectives.config_group()
 
   # ---- task: a registered seqio task or mixture ------------------------------
   c.task = ml_collections.ConfigDict(dict(

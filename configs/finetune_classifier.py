@@ -4,13 +4,14 @@ r"""Fine-tune an encoder-only model as a pooled classifier (sentiment).
         --config.checkpoint.restore_from=/tmp/bert_tiny --workdir=/tmp/cls
 
 The argument picks the encoder size (tiny | small | base | large; it must
-match the pretrained checkpoint). model.objective='classify' selects
-EncoderOnlyModel(head='classify'): a tanh pooler over the first token ([CLS])
+match the pretrained checkpoint). objective.name='classification'
+(t5x_lite/objectives/classification.py) selects
+EncoderOnlyModel(head='pooled'): a tanh pooler over the first token ([CLS])
 and model.num_classes logits, cross entropy on the `label` feature of
 sentiment_classification (rotten 0 / fresh 1). eval/accuracy is the held-out
 classification accuracy. restore_from takes a BERT workdir directly; for
 ELECTRA export the discriminator first:
-  python -c "from t5x_lite import electra; electra.export_discriminator(
+  python -c "from t5x_lite.objectives import electra; electra.export_discriminator(
       '/tmp/electra_tiny', '/tmp/electra_tiny_disc')"
 and restore from /tmp/electra_tiny_disc. Without restore_from it trains from
 scratch (the baseline).
@@ -35,7 +36,7 @@ def get_config(size='tiny'):
   batch, steps, lr = RECIPES[size]
   c = default.get_config()
   models.apply_size(c, f'encoder_{size}')
-  c.model.objective = 'classify'
+  c.objective.name = 'classification'
   c.model.num_classes = 2
   c.model.vocab_size = 4224
   c.model.dropout_rate = 0.1

@@ -5,15 +5,16 @@ r"""ELECTRA pretraining (replaced-token detection), any size.
 
 The argument picks the discriminator size: tiny | small | base | large (the
 `encoder_<size>` rows of configs/models.py; `small` is ELECTRA-Small's dims).
-model.objective='electra' selects t5x_lite/electra.py: a generator
-model.generator_size_fraction (1/4) the discriminator's width sharing its
-token embedding, trained by MLM on shakespeare_electra's 15% selected
-positions; its Gumbel-max samples replace them, and the discriminator learns
-to flag replaced tokens. loss = MLM + model.electra_disc_weight (50) x RTD.
+objective.name='electra' selects t5x_lite/objectives/electra.py: a generator
+objective.electra.generator_size_fraction (1/4) the discriminator's width
+sharing its token embedding, trained by MLM on shakespeare_electra's 15%
+selected positions; its Gumbel-max samples replace them, and the
+discriminator learns to flag replaced tokens.
+loss = MLM + objective.electra.disc_weight (50) x RTD.
 Logged besides loss: disc_accuracy, disc_baseline_accuracy (all "original"),
 replaced_rate, masked_replaced_rate, mlm_loss, disc_loss, accuracy (the
 generator's MLM accuracy). Fine-tune the discriminator with
-configs/finetune_classifier.py after `electra.export_discriminator`.
+configs/finetune_classifier.py after `objectives.electra.export_discriminator`.
 """
 from configs import default
 from configs import models
@@ -39,10 +40,10 @@ def get_config(size='tiny'):
   length, batch, steps, lr = RECIPES[size]
   c = default.get_config()
   models.apply_size(c, f'encoder_{size}')
-  c.model.objective = 'electra'
+  c.objective.name = 'electra'
   c.model.vocab_size = 4224  # the corpus vocabulary (4100), padded to 128
-  c.model.generator_size_fraction = 0.25
-  c.model.electra_disc_weight = 50.0
+  c.objective.electra.generator_size_fraction = 0.25
+  c.objective.electra.disc_weight = 50.0
   c.task.name = 'shakespeare_electra'
   c.task.feature_lengths.inputs = length
   c.task.feature_lengths.targets = length  # unused by masked_lm

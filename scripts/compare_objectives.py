@@ -13,7 +13,7 @@ the corpus vocabulary, 4224 logits):
        t5       encoder_decoder, shakespeare_span_corruption (64 -> 16)
        causal   decoder_only, shakespeare_causal_lm  (64)
      The budget is the training FLOPs of --budget_steps BERT steps of
-     --batch rows (flops.model_flops_per_step, ELECTRA's generator included);
+     --batch rows (objectives.flops_per_step, ELECTRA's generator included);
      every objective gets round(budget / its FLOPs per step) steps, so equal
      compute, not equal steps. AdamW, linear warmup (10%) and decay, same
      peak learning rate for all. Validation loss before and after is kept.
@@ -55,9 +55,8 @@ import numpy as np
 from configs import default
 from configs import models as sizes
 from t5x_lite import config as config_lib
-from t5x_lite import electra
-from t5x_lite import flops
 from t5x_lite import models
+from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import trainer
@@ -125,7 +124,7 @@ def pretrain_config(objective, seed, num_steps=None):
   else:
     c.task.feature_lengths = dict(inputs=n, targets=n)
   if objective == 'electra':
-    c.model.objective = 'electra'
+    c.objective.name = 'electra'
   c.train.batch_size = _BATCH.value
   c.train.num_steps = num_steps or _BUDGET_STEPS.value
   c.optimizer.learning_rate = _PRETRAIN_LR.value
@@ -139,7 +138,7 @@ def finetune_config(arch, seed):
          'decoder_only': 'decoder_tiny'}[arch]
   c = _base(row, seed)
   if arch == 'encoder_only':
-    c.model.objective = 'classify'
+    c.objective.name = 'classification'
     c.task.name = 'sentiment_classification'
   else:
     c.task.name = 'sentiment'
@@ -163,7 +162,7 @@ class Runner:
   def __init__(self, config):
     config_lib.validate(config, num_devices=1)
     self.config = config
-    self.model = models.from_config(config)
+    self.model = objectives.build_model(config)
     self.tx, schedule = optimizers.make_optimizer(config)
     self.mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
     rules = partitioning.logical_rules(config)
@@ -253,7 +252,7 @@ def make_accuracy_fn(runner, arch):
 
   def fn(params, batch):
     if arch == 'encoder_only':
-      logits = model.apply(params, batch, head='classify')  # [b, 2]
+      logits = model.apply(params, batch, head='pooled')  # [b, 2]
       pred = jnp.argmax(logits, -1)
       gold = batch['label']
       valid = gold >= 0
@@ -297,10 +296,10 @@ def test_accuracy(runner, arch, params, drop=()):
 
 def pretrain(objective, seeds, runners):
   from t5x_lite import tasks
-  bert_flops = flops.model_flops_per_step(pretrain_config('bert', 0))
+  bert_flops = objectives.flops_per_step(pretrain_config('bert', 0))
   budget = bert_flops * _BUDGET_STEPS.value
   probe = pretrain_config(objective, 0)
-  per_step = flops.model_flops_per_step(probe)
+  per_step = objectives.flops_per_step(probe)
   steps = max(1, int(round(budget / per_step)))
   cfg = pretrain_config(objective, 0, num_steps=steps)
   runners[objective] = runner = Runner(cfg)
@@ -430,7 +429,7 @@ def main(argv):
     arch = PRETRAIN[obj][0]
     params = runners[obj].params
     if obj == 'electra':
-      init = lambda s, p=params: electra.discriminator_params(p[s])
+      init = lambda s, p=params: objectives.electra.discriminator_params(p[s])
     else:
       init = lambda s, p=params: p[s]
     rec = finetune(ROW_NAMES[obj], arch, seeds, init, ft_runners)

@@ -35,7 +35,7 @@ import ml_collections
 import numpy as np
 
 from t5x_lite import checkpoints
-from t5x_lite import models
+from t5x_lite import objectives
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'An encoder_only run (BERT or '
                                'ELECTRA) with config.json and checkpoints/.')
@@ -107,8 +107,8 @@ def probe(config, params, batches, train_tokens, position=10,
   """Both probes over `batches` (dicts of [b, len] arrays); one dict out.
   train_tokens: ids whose frequencies make the unigram baseline."""
   from t5x_lite.tasks import vocabularies  # pylint: disable=g-import-not-at-top
-  model = models.from_config(config)
-  is_electra = config.model.objective == 'electra'
+  model = objectives.build_model(config)
+  is_electra = config.objective.name == 'electra'
   mask_id = vocabularies.mask_id(vocabularies.default_vocabulary())
   sums = {}
   moves = []
@@ -118,7 +118,7 @@ def probe(config, params, batches, train_tokens, position=10,
     if is_electra:
       logits = model.generator_logits(params, batch)
     else:
-      logits = model.apply(params, batch, head='mlm')
+      logits = model.apply(params, batch, head='vocab')
     for k, (s, n) in mlm_nll_by_kind(logits, batch, mask_id).items():
       a = sums.setdefault(k, [0.0, 0])
       a[0] += s

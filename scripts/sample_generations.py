@@ -1,25 +1,23 @@
-r"""Samples from a pretrained causal LM and GLM blank infilling, via decoding.py.
+r"""Samples from a pretrained causal LM and GLM blank infilling, via the library.
 
     python -m t5x_lite.train --config=configs/pretrain_lm.py:causal --workdir=/tmp/lm
     python -m t5x_lite.train --config=configs/pretrain_glm.py:tiny --workdir=/tmp/glm
     python scripts/sample_generations.py --causal_workdir=/tmp/lm \
         --glm_workdir=/tmp/glm [--out=runs/samples.md]
 
-Causal LM: `decoding.predict_batch` from BOS alone (the cached decode path),
-and prompted continuations through `decoding.temperature_sample` with the
-teacher-forced callback (causal attention over the prompt, as the model was
-trained; predict_batch's decoder-only prompts are prefix-LM prompts, attended
-bidirectionally).
+Causal LM: `decoding.predict_batch` from BOS alone, and prompted
+continuations with `bidirectional_prompt=False` (causal attention over the prompt, as
+the model was trained); both take the cached decode path.
 
-GLM: a line with a [MASK] is part A (bidirectional); the buffer continues
-with [S] and `decoding.temperature_sample` generates the span until EOS. The
-callback gives each step GLM's 2D positions: part B takes the [MASK]'s
-position and block positions 1, 2, ... (decode-mode caches know no 2D
-positions, so it recomputes the prefix each step: fine at these lengths).
+GLM: a line with a [MASK] is part A; `objectives.glm_infill.infill` appends
+[S] and generates the span until EOS with GLM's 2D positions (through
+`decoding.predict_with_features`, which reruns the forward each step).
 
+This file only loads checkpoints, builds prompts and formats text.
 Decoding settings come from each config's `decoding` group (the LM configs
 sample at temperature 0.8 with top-k 40); --greedy adds argmax decodes.
 """
+import dataclasses
 import os
 import sys
 
@@ -32,11 +30,11 @@ if ROOT not in sys.path:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import decoding
-from t5x_lite import evaluation
+from t5x_lite import model_loading
+from t5x_lite.objectives import glm_infill
 
 _CAUSAL = flags.DEFINE_string('causal_workdir', None,
                               'Workdir of a configs/pretrain_lm.py:causal run.')
@@ -94,8 +92,8 @@ def _settings(config, greedy):
 
 def causal_samples(workdir, config_spec, out):
   config = _load_config(config_spec)
-  model, params, info = evaluation.load_model(
-      config, evaluation.default_checkpoint(workdir))
+  model, params, info = model_loading.load_model(
+      config, model_loading.default_checkpoint(workdir))
   vocab = _vocab(config)
   eos = vocab.eos_id
   length = _LENGTH.value
@@ -113,27 +111,29 @@ def causal_samples(workdir, config_spec, out):
   out.append('')
 
   # 2. Prompted: the prompt is forced, causal attention over all of it.
-  def fn(state):
-    logits = model.apply(params, {'decoder_input_tokens':
-                                  state.sequences[:, :-1]})
-    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
-
   for greedy in ((False, True) if _GREEDY.value else (False,)):
-    temperature, topk, topp = _settings(config, greedy)
+    settings = dataclasses.replace(
+        decoding.DecodeSettings.from_config(config.decoding),
+        method='greedy' if greedy else 'sample', eos_id=eos)
     n = 1 if greedy else _NUM.value
     out.append(f'Prompted ({"greedy" if greedy else "sampled"}):\n')
     for prompt in PROMPTS:
-      ids = vocab.encode(prompt)
-      inputs = np.zeros((n, length), np.int32)
-      inputs[:, :len(ids)] = ids
-      seqs, _ = jax.jit(
-          lambda i, r, t=temperature, k=topk, p=topp: decoding.temperature_sample(  # pylint: disable=g-long-lambda
-              i, (), fn, eos, r, temperature=t, topk=k, topp=p,
-              initial_index=len(ids)))(
-                  jnp.asarray(inputs), jax.random.PRNGKey(_SEED.value))
-      for row in np.asarray(seqs):
-        out.append(f'- {prompt} **{_text(vocab, row[len(ids):], eos)}**')
+      tokens, _ = decoding.predict_batch(
+          model, params, _prompt_batch(vocab.encode(prompt), n, length),
+          settings, jax.random.PRNGKey(_SEED.value), bidirectional_prompt=False)
+      for row in np.asarray(tokens):
+        out.append(f'- {prompt} **{_text(vocab, row, eos)}**')
     out.append('')
+
+
+def _prompt_batch(ids, n, length):
+  """n copies of BOS + ids in a decoder-only buffer of `length`, the prompt
+  marked by decoder_causal_attention."""
+  dec_in = np.zeros((n, length), np.int32)
+  dec_in[:, 1:len(ids) + 1] = ids
+  causal = np.zeros((n, length), np.int32)
+  causal[:, :len(ids) + 1] = 1
+  return {'decoder_input_tokens': dec_in, 'decoder_causal_attention': causal}
 
 
 def _text(vocab, ids, eos):
@@ -146,46 +146,14 @@ def _text(vocab, ids, eos):
 # ---- GLM blank infilling -------------------------------------------------------------------
 
 
-def glm_infill(model, params, part_a, mask_pos, start_id, eos, rng,
-               temperature, topk, topp, span_len=12):
-  """Generated span tokens for each row of part_a [n, A] (no padding)."""
-  n, a = part_a.shape
-  length = a + 1 + span_len  # part A, [S], the span
-  # Buffer: sequences[k] is decoder input k. Slot 0 is decoding's BOS, so
-  # the prompt (target space) starts at part A's second token; the callback
-  # puts part A's first token back in slot 0.
-  inputs = np.zeros((n, length), np.int32)
-  inputs[:, :a - 1] = part_a[:, 1:]
-  inputs[:, a - 1] = start_id
-  k = np.arange(length)
-  causal = (k < a).astype(np.int32)[None].repeat(n, 0)
-  positions = np.where(k < a, k, mask_pos)[None].repeat(n, 0)
-  block = np.where(k < a, 0, k - a + 1)[None].repeat(n, 0)
-  first = jnp.asarray(part_a[:, :1])
-
-  def fn(state):
-    dec_in = state.sequences[:, :-1].at[:, :1].set(first)
-    logits = model.apply(params, {
-        'decoder_input_tokens': dec_in,
-        'decoder_causal_attention': jnp.asarray(causal),
-        'decoder_positions': jnp.asarray(positions, jnp.int32),
-        'decoder_block_positions': jnp.asarray(block, jnp.int32)})
-    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
-
-  seqs, _ = jax.jit(lambda i, r: decoding.temperature_sample(
-      i, (), fn, eos, r, temperature=temperature, topk=topk, topp=topp,
-      initial_index=a))(jnp.asarray(inputs), rng)
-  return np.asarray(seqs)[:, a:]  # the span (then EOS, then zeros)
-
-
 def glm_samples(workdir, config_spec, out):
   from t5x_lite.tasks import vocabularies
   config = _load_config(config_spec)
-  model, params, info = evaluation.load_model(
-      config, evaluation.default_checkpoint(workdir))
+  model, params, info = model_loading.load_model(
+      config, model_loading.default_checkpoint(workdir))
   vocab = _vocab(config)
   mask, start, eos = (vocabularies.mask_id(vocab),
-                      vocabularies.glm_start_id(vocab), vocab.eos_id)
+                      vocabularies.span_start_id(vocab), vocab.eos_id)
   out.append(f'## GLM blank infilling ({info["checkpoint"]})\n')
   for greedy in ((False, True) if _GREEDY.value else (False,)):
     temperature, topk, topp = _settings(config, greedy)
@@ -196,9 +164,9 @@ def glm_samples(workdir, config_spec, out):
       left, right = line.split('___')
       l_ids, r_ids = vocab.encode(left.rstrip()), vocab.encode(right)
       part_a = np.array([l_ids + [mask] + r_ids] * n, np.int32)
-      spans = glm_infill(model, params, part_a, len(l_ids), start, eos,
-                         jax.random.PRNGKey(_SEED.value + i), temperature,
-                         topk, topp)
+      spans = glm_infill.infill(model, params, part_a, len(l_ids), start, eos,
+                                jax.random.PRNGKey(_SEED.value + i),
+                                temperature, topk, topp)
       fills = [_text(vocab, s, eos) for s in spans]
       out.append(f'- {line}  →  ' + ' | '.join(f'**{f}**' for f in fills))
     out.append('')

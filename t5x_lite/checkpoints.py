@@ -26,9 +26,11 @@ or, for the asynchronous part of a save, from the next `save`,
 whose params are not all finite is never written.
 
 `restore_params(path)` loads params only (fine-tuning, eval, infer) from a
-training step dir, a checkpoints dir (its newest usable step) or the
-params-only checkpoint of t5x_lite/interop/hf.py (an `ocp.StandardCheckpointer`
-tree {'params': ...} in <dir>, next to <dir>/config.json).
+training step dir, a checkpoints dir (its newest usable step) or a params-only
+checkpoint: an `ocp.StandardCheckpointer` tree {'params': ...} in <dir>, next
+to <dir>/config.json. `save_params_only` writes that format (HF import,
+ELECTRA's discriminator export) and `read_params_only_config` reads its
+config; nothing else touches the layout.
 """
 import dataclasses
 import json
@@ -552,6 +554,49 @@ def restore_params(path: str, abstract_params=None):
         f'{_first_line(e)}') from e
   logging.info('Restored params from %s.', where)
   return params
+
+
+# ---- the params-only format ----------------------------------------------------
+
+PARAMS_ONLY_CONFIG = 'config.json'  # beside the tree, in the same directory
+
+
+def save_params_only(out_dir: str, params, config_dict: Optional[Dict[str, Any]]
+                     = None) -> str:
+  """Writes a params-only checkpoint; returns out_dir (absolute).
+
+  out_dir/ gets the `ocp.StandardCheckpointer` tree {'params': params} (every
+  leaf as host numpy) and, when `config_dict` is given, out_dir/config.json
+  (what eval/infer take the model's structural fields from).
+  Raises FileExistsError when out_dir exists (nothing is overwritten).
+  """
+  path = os.path.abspath(out_dir)
+  if os.path.exists(path):
+    raise FileExistsError(f'{path} exists; pick a new output directory.')
+  tree = {'params': jax.tree.map(np.asarray, params)}
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(path, tree)
+    ckptr.wait_until_finished()
+  if config_dict is not None:
+    with open(os.path.join(path, PARAMS_ONLY_CONFIG), 'w') as f:
+      json.dump(config_dict, f, indent=2, sort_keys=True)
+  return path
+
+
+def read_params_only_config(directory: str) -> Dict[str, Any]:
+  """The config dict saved beside a params-only checkpoint ({} when it was
+  written without one). Raises ValueError for a config.json that is not JSON.
+  """
+  path = os.path.join(os.path.abspath(directory), PARAMS_ONLY_CONFIG)
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except ValueError as e:
+      raise ValueError(f'{path} is not valid JSON ({e}); rewrite it or '
+                       'delete it and pass the config on the command line.'
+                       ) from e
 
 
 def read_json_item(step_path: str, item: str) -> Dict[str, Any]:

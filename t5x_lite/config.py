@@ -1,79 +1,38 @@
 """ConfigDict at the edge, typed dataclasses inside.
 
 `validate(config)` runs before anything compiles and raises `ConfigError` with
-one line that names the key and the fix. `ModelConfig.from_config(config)`
-turns `config.model` into the frozen dataclass the network takes.
+one line that names the key and the fix. The typed side is
+t5x_lite/model_config.py (`ModelConfig`, the one definition of every
+`config.model` field); an objective's own settings and checks are its module's
+(t5x_lite/objectives/), looked up by `config.objective.name`.
 """
-import dataclasses
 import difflib
 import os
 import sys
-from typing import Any, Tuple
+from typing import Any
 
 import ml_collections
+
+from t5x_lite import lengths
+from t5x_lite import objectives
+from t5x_lite import partitioning
+from t5x_lite.model_config import ACTIVATIONS, ARCHS, ATTENTION_IMPLS, DTYPES, REMAT_POLICIES  # pylint: disable=g-multiple-import
+from t5x_lite.model_config import ConfigError, ModelConfig  # pylint: disable=unused-import
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:  # config files import `configs.default`
   sys.path.insert(0, _REPO_ROOT)
 
-ARCHS = ('encoder_decoder', 'decoder_only', 'encoder_only')
-DTYPES = ('float32', 'bfloat16', 'float16')
-ATTENTION_IMPLS = ('xla', 'cudnn')
-REMAT_POLICIES = ('none', 'full', 'save_dots', 'save_dots_no_batch',
-                  'save_attn_out')
-ACTIVATIONS = ('gelu', 'relu', 'linear', 'silu', 'gelu_new')
 OPTIMIZERS = ('adafactor', 'adamw')
 SCHEDULES = ('rsqrt', 'linear', 'cosine', 'constant')
 DECODE_METHODS = ('greedy', 'sample', 'beam')
-# model.objective -> the arch it needs (None: any); models.from_config picks.
-OBJECTIVES = {'auto': None, 'electra': 'encoder_only',
-              'classify': 'encoder_only'}
 FEATURE_LENGTH_KEYS = ('inputs', 'targets')
 # Groups whose keys are free-form data rather than schema.
 _FREE_FORM = ('mesh.rules',)
 
-
-class ConfigError(ValueError):
-  """A config a user wrote is wrong; the message says how to fix it."""
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-  """The network's view of `config.model` (T5X's T5Config)."""
-  arch: str = 'encoder_decoder'
-  size: str = 'tiny'
-  vocab_size: int = 32128
-  emb_dim: int = 64
-  num_heads: int = 4
-  head_dim: int = 16
-  mlp_dim: int = 128
-  num_encoder_layers: int = 2
-  num_decoder_layers: int = 2
-  mlp_activations: Tuple[str, ...] = ('gelu', 'linear')
-  logits_via_embedding: bool = False
-  dropout_rate: float = 0.0
-  dtype: str = 'float32'
-  relative_attention_num_buckets: int = 32
-  relative_attention_max_distance: int = 128
-  layer_norm_epsilon: float = 1e-6
-  attention_impl: str = 'xla'
-  remat_policy: str = 'none'
-  scan_layers: bool = True
-  num_classes: int = 2
-  generator_size_fraction: float = 0.25
-  generator_layers_fraction: float = 1.0
-  electra_disc_weight: float = 50.0
-  objective: str = 'auto'  # auto | electra | classify (models.from_config)
-  num_block_positions: int = 0  # GLM block-position embedding rows (0: none)
-
-  @classmethod
-  def from_config(cls, model_cfg) -> 'ModelConfig':
-    d = dict(model_cfg)
-    d['mlp_activations'] = tuple(d['mlp_activations'])
-    return cls(**d)
-
-  def replace(self, **kw) -> 'ModelConfig':
-    return dataclasses.replace(self, **kw)
+# Config keys that moved: an old key fails with a line naming the new one
+# (objectives add theirs: Objective.renamed_keys).
+RENAMED_KEYS = {'model.objective': 'objective.name'}
 
 
 def default_config():
@@ -89,9 +48,18 @@ def _closest(name, options):
   return f' Did you mean {" or ".join(repr(n) for n in near)}?' if near else ''
 
 
+def renamed_key_hint(path: str) -> str:
+  """' It moved to X.' when `path` is a key that was renamed, else ''."""
+  new = dict(RENAMED_KEYS, **objectives.renamed_keys()).get(path)
+  return f' It moved to {new}: set --config.{new}=... instead.' if new else ''
+
+
 def _check_keys(cfg, ref, prefix=''):
   for key in cfg.keys():
     path = f'{prefix}{key}'
+    if key not in ref and renamed_key_hint(path):
+      raise ConfigError(f'Config key {path!r} was renamed.'
+                        f'{renamed_key_hint(path)}')
     if key not in ref:
       raise ConfigError(
           f'Unknown config key {path!r}.{_closest(key, ref.keys())} '
@@ -166,17 +134,9 @@ def _check_model(m):
   if not 0.0 <= m.dropout_rate < 1.0:
     raise ConfigError(f'model.dropout_rate must be in [0, 1), got '
                       f'{m.dropout_rate}.')
-  if not 0.0 < m.generator_size_fraction <= 1.0:
-    raise ConfigError('model.generator_size_fraction must be in (0, 1].')
-  _one_of('model.objective', m.objective, tuple(OBJECTIVES))
-  needed = OBJECTIVES[m.objective]
-  if needed and m.arch != needed:
-    raise ConfigError(
-        f'model.objective={m.objective!r} needs model.arch={needed!r}, got '
-        f'{m.arch!r}; set --config.model.arch={needed}.')
   if m.num_block_positions < 0:
     raise ConfigError('model.num_block_positions must be >= 0 (0 disables '
-                      "GLM's block-position embedding).")
+                      'the block-position embedding).')
   if m.attention_impl == 'cudnn':
     import jax  # pylint: disable=g-import-not-at-top
     if jax.default_backend() != 'gpu':
@@ -213,35 +173,24 @@ def _check_train(c):
     raise ConfigError('eval.every_steps must be > 0.')
 
 
-def mesh_shape(mesh_cfg, num_devices):
-  """Resolves -1 in (data, fsdp, tensor); raises ConfigError if it can't."""
-  dims = {k: mesh_cfg[k] for k in ('data', 'fsdp', 'tensor')}
-  dcn = mesh_cfg.get('dcn_data', 1) * mesh_cfg.get('dcn_fsdp', 1)
-  for k, v in dims.items():
-    if v == 0 or v < -1:
-      raise ConfigError(f'mesh.{k}={v}: use a positive size or -1 to fill.')
-  fill = [k for k, v in dims.items() if v == -1]
-  if len(fill) > 1:
-    raise ConfigError(f'Only one mesh axis may be -1, got {fill}.')
-  known = 1
-  for v in dims.values():
-    known *= v if v > 0 else 1
-  total = known * dcn
-  if fill:
-    if num_devices % total:
-      raise ConfigError(
-          f'mesh {dict(mesh_cfg.items())} does not divide {num_devices} '
-          f'devices: the fixed axes multiply to {total}.')
-    dims[fill[0]] = num_devices // total
-  elif total != num_devices:
+
+
+def _check_objective(c):
+  """objective.name ('' or registered), its archs and its own checks."""
+  if not c.objective.name:
+    return
+  obj = objectives.get(c.objective.name)
+  if c.model.arch not in obj.archs:
     raise ConfigError(
-        f'mesh data*fsdp*tensor*dcn = {total} but there are {num_devices} '
-        'devices; set one axis to -1 or make the product match.')
-  return dims
+        f'objective {obj.name!r} trains model.arch {" or ".join(obj.archs)}, '
+        f'got {c.model.arch!r}; set --config.model.arch={obj.archs[0]} (its '
+        f'recipe: {obj.recipe or "none"}).')
+  if obj.check is not None:
+    obj.check(c)
 
 
 def _check_mesh_and_batch(c, num_devices):
-  dims = mesh_shape(c.mesh, num_devices)
+  dims = partitioning.mesh_shape(c.mesh, num_devices)
   shards = dims['data'] * dims['fsdp'] * c.mesh.dcn_data * c.mesh.dcn_fsdp
   per_micro = c.train.batch_size // c.train.microbatches
   if per_micro % shards:
@@ -254,16 +203,13 @@ def _check_cudnn_lengths(c):
   """cuDNN's fused attention trains with a bias only at even lengths."""
   if c.model.attention_impl != 'cudnn':
     return
-  fl = dict(c.task.feature_lengths)
-  inputs, targets = fl.get('inputs', 0), fl.get('targets', 0)
-  lengths = {'encoder_decoder': {'inputs': inputs, 'targets': targets},
-             'decoder_only': {'inputs + targets': inputs + targets},
-             'encoder_only': {'inputs': inputs or targets}}[c.model.arch]
-  for name, n in lengths.items():
+  sources = lengths.MODEL_LENGTH_SOURCES[c.model.arch]
+  for name, n in lengths.model_lengths(c.model.arch,
+                                       c.task.feature_lengths).items():
     if n % 2:
       raise ConfigError(
           f"model.attention_impl='cudnn' needs even sequence lengths; "
-          f'task.feature_lengths {name} = {n}. Make it even or use '
+          f'task.feature_lengths {sources[name]} = {n}. Make it even or use '
           '--config.model.attention_impl=xla.')
 
 
@@ -271,6 +217,7 @@ def validate(config, num_devices=None):
   """Checks a whole config; raises ConfigError naming the key and the fix."""
   _check_keys(config, default_config())
   _check_model(config.model)
+  _check_objective(config)
   _check_cudnn_lengths(config)
   _check_train(config)
   if num_devices is None:

@@ -260,6 +260,168 @@ class _BeamState:
   cache: Any  # flat batch * beams
 
 
+@dataclasses.dataclass(frozen=True)
+class _BeamConfig:
+  """What every beam step needs besides the state (closed over, not carried)."""
+  beams: int
+  eos_id: int
+  alpha: float
+  max_len: int
+  prompt_len: jax.Array  # [batch]
+  cache_offset: int
+
+  def gen_len(self, position: jax.Array) -> jax.Array:
+    # Generated tokens up to output position `position` (1-based), prompt
+    # excluded, so a decoder-only prompt does not shrink the penalty.
+    return jnp.maximum(position - self.prompt_len, 1)
+
+  def penalty(self, position: jax.Array) -> jax.Array:
+    return brevity_penalty(self.alpha, self.gen_len(position))
+
+
+def _beam_init(inputs, cache, beams: int, i0) -> _BeamState:
+  """Every beam starts as BOS + prompt; only beam 0 is alive."""
+  batch, length = inputs.shape
+  seqs0 = jnp.broadcast_to(_with_bos(inputs)[:, None, :],
+                           (batch, beams, length + 1))
+  # Only beam 0 is alive at first, so the first step's top-k draws distinct
+  # tokens from it instead of k copies of the same token.
+  live0 = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1), jnp.float32),
+                   (batch, 1))
+  return _BeamState(
+      cur_index=i0, live_logprobs=live0, live_seqs=seqs0,
+      finished_scores=jnp.full((batch, beams), NEG_INF, jnp.float32),
+      finished_seqs=jnp.zeros_like(seqs0),
+      finished_flags=jnp.zeros((batch, beams), jnp.bool_), cache=cache)
+
+
+def _beam_undecided(c: _BeamConfig, s: _BeamState) -> jax.Array:
+  """While-loop condition: some row could still improve its finished set."""
+  active = s.cur_index < c.max_len  # [batch]
+  # The best a live beam can still do: its log-prob (only falls) under the
+  # largest penalty it could reach (alpha >= 0).
+  best_live = s.live_logprobs[:, 0] / c.penalty(
+      jnp.full_like(s.cur_index, c.max_len))
+  worst_finished = jnp.where(
+      s.finished_flags[:, -1], s.finished_scores[:, -1], NEG_INF)
+  undecided = active & ~(worst_finished > best_live)
+  return jnp.any(undecided)
+
+
+def _beam_log_probs(c: _BeamConfig, s: _BeamState,
+                    tokens_to_logits: TokensToLogits):
+  """One callback call on the flat beams -> (log_probs [batch, beams, vocab],
+  new_cache)."""
+  batch, beams, width = s.live_seqs.shape  # width = L + 1
+  flat_seqs = s.live_seqs.reshape(batch * beams, width)
+  flat_index = jnp.repeat(s.cur_index, beams)
+  cur_token = _take_col(flat_seqs, flat_index)[:, None]
+  logits, new_cache = tokens_to_logits(
+      DecodingState(cur_index=flat_index, sequences=flat_seqs,
+                    cur_token=cur_token, cache=s.cache))
+  vocab = logits.shape[-1]
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return log_probs.reshape(batch, beams, vocab), new_cache
+
+
+def _beam_candidates(c: _BeamConfig, s: _BeamState, log_probs, nxt):
+  """Top 2 * beams extensions over all beams and tokens.
+
+  Returns (top_lp [batch, 2 * beams] best first, top_beam [batch, 2 * beams]
+  the beam each extends, top_seqs [batch, 2 * beams, L + 1] with the token
+  written at `nxt`, ends [batch, 2 * beams] generated EOS).
+  """
+  batch, beams, width = s.live_seqs.shape
+  vocab = log_probs.shape[-1]
+  cand = s.live_logprobs[:, :, None] + log_probs  # [batch, beams, vocab]
+  # A prompt token at the next position is forced and free.
+  forced_token = _take_col(s.live_seqs[:, 0, :], nxt)  # [batch]
+  forced = forced_token != 0
+  forced_cand = jnp.where(
+      jnp.arange(vocab)[None, None, :] == forced_token[:, None, None],
+      s.live_logprobs[:, :, None], NEG_INF)
+  cand = jnp.where(forced[:, None, None], forced_cand, cand)
+  # 2 * beams candidates: enough that `beams` of them survive even if all
+  # the others just ended with EOS.
+  top_lp, top_flat = lax.top_k(cand.reshape(batch, beams * vocab),
+                               2 * beams)  # [batch, 2 * beams]
+  top_beam = top_flat // vocab
+  top_token = (top_flat % vocab).astype(jnp.int32)
+  top_seqs = jnp.take_along_axis(s.live_seqs, top_beam[:, :, None], axis=1)
+  top_seqs = _set_col(
+      top_seqs.reshape(batch * 2 * beams, width),
+      jnp.repeat(nxt, 2 * beams), top_token.reshape(-1),
+      jnp.ones((batch * 2 * beams,), jnp.bool_)).reshape(
+          batch, 2 * beams, width)
+  ends = (top_token == c.eos_id) & ~forced[:, None]  # [batch, 2 * beams]
+  return top_lp, top_beam, top_seqs, ends
+
+
+def _merge_finished(c: _BeamConfig, s: _BeamState, top_lp, top_seqs, ends,
+                    nxt):
+  """Adds the candidates that just finished to the finished set, keeping the
+  best `beams` -> (scores [batch, beams], seqs [batch, beams, L + 1], flags)."""
+  beams = c.beams
+  # Only an EOS ranked within the top `beams` candidates finishes a
+  # hypothesis (Hugging Face's rule; T5X takes any of the 2 * beams). A
+  # beam of 1 is then exactly greedy at alpha 0: the single hypothesis
+  # ends when greedy would, and never for a second-best EOS.
+  newly_finished = ends & (jnp.arange(2 * beams)[None, :] < beams)
+  new_scores = top_lp / c.penalty(nxt)[:, None]
+  new_scores = new_scores + (~newly_finished) * NEG_INF
+  all_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
+  all_flags = jnp.concatenate([s.finished_flags, newly_finished], axis=1)
+  all_seqs = jnp.concatenate([s.finished_seqs, top_seqs], axis=1)
+  fin_scores, fin_idx = lax.top_k(all_scores, beams)
+  fin_flags = jnp.take_along_axis(all_flags, fin_idx, axis=1)
+  fin_seqs = jnp.take_along_axis(all_seqs, fin_idx[:, :, None], axis=1)
+  return fin_scores, fin_seqs, fin_flags
+
+
+def _beam_step(c: _BeamConfig, tokens_to_logits: TokensToLogits,
+               s: _BeamState) -> _BeamState:
+  """While-loop body: extend, keep the best live beams, merge finished."""
+  nxt = s.cur_index + 1  # [batch]
+  log_probs, new_cache = _beam_log_probs(c, s, tokens_to_logits)
+  top_lp, top_beam, top_seqs, ends = _beam_candidates(c, s, log_probs, nxt)
+  # Live set: best `beams` candidates that did not end.
+  alive_lp = top_lp + ends * NEG_INF
+  new_live_lp, keep = lax.top_k(alive_lp, c.beams)  # [batch, beams]
+  new_live_seqs = jnp.take_along_axis(top_seqs, keep[:, :, None], axis=1)
+  cache_beams = jnp.take_along_axis(top_beam, keep, axis=1)
+  new_cache = _gather(new_cache, cache_beams, c.beams, c.cache_offset)
+  fin_scores, fin_seqs, fin_flags = _merge_finished(c, s, top_lp, top_seqs,
+                                                    ends, nxt)
+  # Rows already at max length keep their state (their index stops too).
+  act = s.cur_index < c.max_len  # [batch]
+  keep_row = lambda new, old: jnp.where(
+      act.reshape(act.shape + (1,) * (new.ndim - 1)), new, old)
+  return _BeamState(
+      cur_index=jnp.where(act, nxt, s.cur_index),
+      live_logprobs=keep_row(new_live_lp, s.live_logprobs),
+      live_seqs=keep_row(new_live_seqs, s.live_seqs),
+      finished_scores=keep_row(fin_scores, s.finished_scores),
+      finished_seqs=keep_row(fin_seqs, s.finished_seqs),
+      finished_flags=keep_row(fin_flags, s.finished_flags),
+      cache=new_cache)
+
+
+def _best_hypotheses(c: _BeamConfig, final: _BeamState):
+  """Finished and still-live hypotheses ranked together -> (seqs [batch,
+  beams, L], scores [batch, beams]) best first."""
+  # Hypotheses still live at max length compete with the finished ones on the
+  # same length-normalised score (T5X returns live beams only when nothing
+  # finished; letting them compete also makes beam 1 == greedy at alpha 0).
+  live_scores = final.live_logprobs / c.penalty(final.cur_index)[:, None]
+  live_scores = jnp.where(final.live_logprobs > 0.5 * NEG_INF, live_scores,
+                          NEG_INF)
+  all_scores = jnp.concatenate([final.finished_scores, live_scores], axis=1)
+  all_seqs = jnp.concatenate([final.finished_seqs, final.live_seqs], axis=1)
+  scores, idx = lax.top_k(all_scores, c.beams)
+  seqs = jnp.take_along_axis(all_seqs, idx[:, :, None], axis=1)
+  return seqs[:, :, 1:], scores
+
+
 def beam_search(inputs: jax.Array,
                 cache: Any,
                 tokens_to_logits: TokensToLogits,
@@ -289,117 +451,18 @@ def beam_search(inputs: jax.Array,
     first. Scores are length-normalised log-probabilities of generated
     tokens; hypotheses cut at max length without EOS rank with the rest.
   """
-  batch, length = inputs.shape
-  beams = num_decodes
-  max_len = length if max_decode_len is None else min(max_decode_len, length)
-  i0 = _initial_index(inputs, initial_index)
-  prompt_len = prompt_lengths(inputs)  # [batch]
-  seqs0 = jnp.broadcast_to(_with_bos(inputs)[:, None, :],
-                           (batch, beams, length + 1))
-  # Only beam 0 is alive at first, so the first step's top-k draws distinct
-  # tokens from it instead of k copies of the same token.
-  live0 = jnp.tile(jnp.array([0.0] + [NEG_INF] * (beams - 1), jnp.float32),
-                   (batch, 1))
-  init = _BeamState(
-      cur_index=i0, live_logprobs=live0, live_seqs=seqs0,
-      finished_scores=jnp.full((batch, beams), NEG_INF, jnp.float32),
-      finished_seqs=jnp.zeros_like(seqs0),
-      finished_flags=jnp.zeros((batch, beams), jnp.bool_), cache=cache)
-
-  def gen_len(position):
-    # Generated tokens up to output position `position` (1-based), prompt
-    # excluded, so a decoder-only prompt does not shrink the penalty.
-    return jnp.maximum(position - prompt_len, 1)
-
-  def cond_fn(s: _BeamState):
-    active = s.cur_index < max_len  # [batch]
-    # The best a live beam can still do: its log-prob (only falls) under the
-    # largest penalty it could reach (alpha >= 0).
-    best_live = s.live_logprobs[:, 0] / brevity_penalty(
-        alpha, gen_len(jnp.full_like(s.cur_index, max_len)))
-    worst_finished = jnp.where(
-        s.finished_flags[:, -1], s.finished_scores[:, -1], NEG_INF)
-    undecided = active & ~(worst_finished > best_live)
-    return jnp.any(undecided)
-
-  def body_fn(s: _BeamState):
-    nxt = s.cur_index + 1  # [batch]
-    flat_seqs = s.live_seqs.reshape(batch * beams, length + 1)
-    flat_index = jnp.repeat(s.cur_index, beams)
-    cur_token = _take_col(flat_seqs, flat_index)[:, None]
-    logits, new_cache = tokens_to_logits(
-        DecodingState(cur_index=flat_index, sequences=flat_seqs,
-                      cur_token=cur_token, cache=s.cache))
-    vocab = logits.shape[-1]
-    log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    log_probs = log_probs.reshape(batch, beams, vocab)
-    cand = s.live_logprobs[:, :, None] + log_probs  # [batch, beams, vocab]
-    # A prompt token at the next position is forced and free.
-    forced_token = _take_col(s.live_seqs[:, 0, :], nxt)  # [batch]
-    forced = forced_token != 0
-    forced_cand = jnp.where(
-        jnp.arange(vocab)[None, None, :] == forced_token[:, None, None],
-        s.live_logprobs[:, :, None], NEG_INF)
-    cand = jnp.where(forced[:, None, None], forced_cand, cand)
-    # 2 * beams candidates: enough that `beams` of them survive even if all
-    # the others just ended with EOS.
-    top_lp, top_flat = lax.top_k(cand.reshape(batch, beams * vocab),
-                                 2 * beams)  # [batch, 2 * beams]
-    top_beam = top_flat // vocab
-    top_token = (top_flat % vocab).astype(jnp.int32)
-    top_seqs = jnp.take_along_axis(s.live_seqs, top_beam[:, :, None], axis=1)
-    top_seqs = _set_col(
-        top_seqs.reshape(batch * 2 * beams, length + 1),
-        jnp.repeat(nxt, 2 * beams), top_token.reshape(-1),
-        jnp.ones((batch * 2 * beams,), jnp.bool_)).reshape(
-            batch, 2 * beams, length + 1)
-    ends = (top_token == eos_id) & ~forced[:, None]  # [batch, 2 * beams]
-    # Only an EOS ranked within the top `beams` candidates finishes a
-    # hypothesis (Hugging Face's rule; T5X takes any of the 2 * beams). A
-    # beam of 1 is then exactly greedy at alpha 0: the single hypothesis
-    # ends when greedy would, and never for a second-best EOS.
-    newly_finished = ends & (jnp.arange(2 * beams)[None, :] < beams)
-    # Live set: best `beams` candidates that did not end.
-    alive_lp = top_lp + ends * NEG_INF
-    new_live_lp, keep = lax.top_k(alive_lp, beams)  # [batch, beams]
-    new_live_seqs = jnp.take_along_axis(top_seqs, keep[:, :, None], axis=1)
-    cache_beams = jnp.take_along_axis(top_beam, keep, axis=1)
-    new_cache = _gather(new_cache, cache_beams, beams, cache_offset)
-    # Finished set: merge the newly ended candidates, keep the best `beams`.
-    new_scores = top_lp / brevity_penalty(alpha, gen_len(nxt))[:, None]
-    new_scores = new_scores + (~newly_finished) * NEG_INF
-    all_scores = jnp.concatenate([s.finished_scores, new_scores], axis=1)
-    all_flags = jnp.concatenate([s.finished_flags, newly_finished], axis=1)
-    all_seqs = jnp.concatenate([s.finished_seqs, top_seqs], axis=1)
-    fin_scores, fin_idx = lax.top_k(all_scores, beams)
-    fin_flags = jnp.take_along_axis(all_flags, fin_idx, axis=1)
-    fin_seqs = jnp.take_along_axis(all_seqs, fin_idx[:, :, None], axis=1)
-    # Rows already at max length keep their state (their index stops too).
-    act = s.cur_index < max_len  # [batch]
-    keep_row = lambda new, old: jnp.where(
-        act.reshape((batch,) + (1,) * (new.ndim - 1)), new, old)
-    return _BeamState(
-        cur_index=jnp.where(act, nxt, s.cur_index),
-        live_logprobs=keep_row(new_live_lp, s.live_logprobs),
-        live_seqs=keep_row(new_live_seqs, s.live_seqs),
-        finished_scores=keep_row(fin_scores, s.finished_scores),
-        finished_seqs=keep_row(fin_seqs, s.finished_seqs),
-        finished_flags=keep_row(fin_flags, s.finished_flags),
-        cache=new_cache)
-
-  final = lax.while_loop(cond_fn, body_fn, init)
-  # Hypotheses still live at max length compete with the finished ones on the
-  # same length-normalised score (T5X returns live beams only when nothing
-  # finished; letting them compete also makes beam 1 == greedy at alpha 0).
-  live_scores = final.live_logprobs / brevity_penalty(
-      alpha, gen_len(final.cur_index))[:, None]
-  live_scores = jnp.where(final.live_logprobs > 0.5 * NEG_INF, live_scores,
-                          NEG_INF)
-  all_scores = jnp.concatenate([final.finished_scores, live_scores], axis=1)
-  all_seqs = jnp.concatenate([final.finished_seqs, final.live_seqs], axis=1)
-  scores, idx = lax.top_k(all_scores, beams)
-  seqs = jnp.take_along_axis(all_seqs, idx[:, :, None], axis=1)
-  return seqs[:, :, 1:], scores
+  length = inputs.shape[1]
+  c = _BeamConfig(
+      beams=num_decodes, eos_id=eos_id, alpha=alpha,
+      max_len=length if max_decode_len is None else min(max_decode_len,
+                                                        length),
+      prompt_len=prompt_lengths(inputs), cache_offset=cache_offset)
+  init = _beam_init(inputs, cache, num_decodes,
+                    _initial_index(inputs, initial_index))
+  final = lax.while_loop(functools.partial(_beam_undecided, c),
+                         functools.partial(_beam_step, c, tokens_to_logits),
+                         init)
+  return _best_hypotheses(c, final)
 
 
 # ---- binding a model: predict_batch ---------------------------------------------
@@ -505,11 +568,40 @@ def _decode_encoder_decoder(model, s, use_cache, params, batch, rng):
   return _run_search(s, inputs, cache, fn, rng, None, offset)
 
 
-def _decode_decoder_only(model, s, use_cache, params, batch, rng,
-                         prefix_lm):
-  module = model.module
+def _recompute_fn(model, params, features: Mapping[str, jax.Array],
+                  first_token: Optional[jax.Array] = None) -> TokensToLogits:
+  """The no-cache step callback of a decoder-only model.
+
+  Reruns the teacher-forced forward on the whole buffer every step and reads
+  row `cur_index`. `features` ([batch, L] each, e.g. decoder_positions) go to
+  every forward unchanged; `first_token` [batch, 1] fills decoder input 0,
+  which the sequence buffer keeps as BOS (None: BOS, 0).
+  """
+  def fn(state):
+    tokens = state.sequences[:, :-1]  # [batch, L] decoder input tokens
+    if first_token is not None:
+      tokens = tokens.at[:, :1].set(first_token)
+    logits = model.apply(params, dict(features, decoder_input_tokens=tokens))
+    return _row_logits(logits, state.cur_index), state.cache  # [batch, vocab]
+  return fn
+
+
+def _strip_prompt(tokens: jax.Array, prompt_len: jax.Array) -> jax.Array:
+  """[batch, L] outputs -> the continuation after each row's prompt,
+  left-aligned, zero-padded to L."""
+  length = tokens.shape[1]
+  idx = jnp.arange(length)[None, :] + prompt_len[:, None]
+  cont = jnp.take_along_axis(tokens, jnp.clip(idx, 0, length - 1), axis=1)
+  return jnp.where(idx < length, cont, 0)
+
+
+def _decoder_only_prompt(batch, bidirectional_prompt):
+  """The prompt a decoder-only batch marks with decoder_causal_attention.
+
+  Returns (inputs [batch, L] the prompt in target space, prompt_len [batch],
+  prefix [batch, L] the bidirectional-attention mask or None).
+  """
   dec_in = batch['decoder_input_tokens'].astype(jnp.int32)  # [batch, L]
-  n, (bsz, length) = s.num_beams, dec_in.shape
   causal = batch.get('decoder_causal_attention')
   # The prompt in target space: decoder inputs are targets shifted right, so
   # input position j + 1 holds target j.
@@ -518,60 +610,72 @@ def _decode_decoder_only(model, s, use_cache, params, batch, rng,
   else:
     inputs = jnp.pad(dec_in[:, 1:] * causal[:, 1:], ((0, 0), (0, 1)))
   prompt_len = prompt_lengths(inputs)  # [batch]
-  positions = jnp.arange(length)[None, :]
+  positions = jnp.arange(dec_in.shape[1])[None, :]
   # Prefix LM: BOS and the prompt attend bidirectionally (seqio's
   # decoder_causal_attention covers input positions 0..prompt_len). A causal
   # LM's prompt is marked the same way but stays causal.
-  if prefix_lm is None:
-    prefix_lm = causal is not None
-  prefix = None if causal is None or not prefix_lm else (
+  if bidirectional_prompt is None:
+    bidirectional_prompt = causal is not None
+  prefix = None if causal is None or not bidirectional_prompt else (
       positions <= prompt_len[:, None]).astype(jnp.int32)
+  return inputs, prompt_len, prefix
+
+
+def _prefilled_decoder_only(model, params, inputs, prompt_len, flat_prefix,
+                            n):
+  """Cache after one prefill pass over BOS + prompt, and its step callback."""
+  module = model.module
+  length = inputs.shape[1]
+  positions = jnp.arange(length)[None, :]
+  # Prefill positions 0..prompt_len in one pass (bidirectionally for a
+  # prefix LM), each row's cache index set to its prompt length; decoding
+  # then feeds the last prompt token at prompt_len (T5X). The prefill also
+  # creates the cache, sized by the buffer length.
+  pre_tokens = expand_beams(
+      _with_bos(inputs)[:, :length] * (positions <= prompt_len[:, None]), n)
+  _, mutated = module.apply(
+      {'params': params}, pre_tokens, decoder_causal_attention=flat_prefix,
+      enable_dropout=False, prefill=True,
+      prefill_lengths=expand_beams(prompt_len, n), mutable=['cache'])
+
+  def fn(state):
+    logits, mutated = module.apply(
+        {'params': params, 'cache': state.cache}, state.cur_token,
+        enable_dropout=False, decode=True, max_decode_length=length,
+        mutable=['cache'])
+    return logits[:, -1, :], mutated['cache']
+  return mutated['cache'], fn
+
+
+def _decode_decoder_only(model, s, use_cache, params, batch, rng,
+                         bidirectional_prompt):
+  n = s.num_beams
+  inputs, prompt_len, prefix = _decoder_only_prompt(batch,
+                                                    bidirectional_prompt)
   flat_prefix = None if prefix is None else expand_beams(prefix, n)
-  variables = {'params': params}
   if use_cache:
-    # Prefill positions 0..prompt_len in one pass (bidirectionally for a
-    # prefix LM), each row's cache index set to its prompt length; decoding
-    # then feeds the last prompt token at prompt_len (T5X). The prefill also
-    # creates the cache, sized by the buffer length.
-    pre_tokens = expand_beams(
-        _with_bos(inputs)[:, :length] * (positions <= prompt_len[:, None]), n)
-    _, mutated = module.apply(
-        variables, pre_tokens, decoder_causal_attention=flat_prefix,
-        enable_dropout=False, prefill=True,
-        prefill_lengths=expand_beams(prompt_len, n), mutable=['cache'])
-    cache, offset = mutated['cache'], _cache_batch_axis(model)
-
-    def fn(state):
-      logits, mutated = module.apply(
-          {'params': params, 'cache': state.cache}, state.cur_token,
-          enable_dropout=False, decode=True, max_decode_length=length,
-          mutable=['cache'])
-      return logits[:, -1, :], mutated['cache']
-    initial_index = prompt_len
+    cache, fn = _prefilled_decoder_only(model, params, inputs, prompt_len,
+                                        flat_prefix, n)
+    offset = _cache_batch_axis(model)
   else:
-    cache, offset, initial_index = (), 0, None
-
-    def fn(state):
-      logits = module.apply(variables, state.sequences[:, :-1],
-                            decoder_causal_attention=flat_prefix,
-                            enable_dropout=False)
-      return _row_logits(logits, state.cur_index), state.cache
-  tokens, scores = _run_search(s, inputs, cache, fn, rng, initial_index,
-                               offset)
+    features = {} if flat_prefix is None else {
+        'decoder_causal_attention': flat_prefix}
+    cache, fn, offset = (), _recompute_fn(model, params, features), 0
+  # Both paths start at the last prompt token, so they draw the same random
+  # numbers and sample the same tokens.
+  tokens, scores = _run_search(s, inputs, cache, fn, rng, prompt_len, offset)
   # Return the continuation only, left-aligned: drop each row's prompt.
-  idx = positions + prompt_len[:, None]
-  cont = jnp.take_along_axis(tokens, jnp.clip(idx, 0, length - 1), axis=1)
-  return jnp.where(idx < length, cont, 0), scores
+  return _strip_prompt(tokens, prompt_len), scores
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _predict_jit(model, s: DecodeSettings, use_cache: bool, prefix_lm,
-                 params, batch, rng):
+def _predict_jit(model, s: DecodeSettings, use_cache: bool,
+                 bidirectional_prompt, params, batch, rng):
   if model.ARCH == 'encoder_decoder':
     return _decode_encoder_decoder(model, s, use_cache, params, batch, rng)
   if model.ARCH == 'decoder_only':
     return _decode_decoder_only(model, s, use_cache, params, batch, rng,
-                                prefix_lm)
+                                bidirectional_prompt)
   raise ValueError(
       f'Decoding needs an encoder_decoder or decoder_only model; '
       f'{type(model).__name__} is {model.ARCH!r} (score it instead).')
@@ -583,26 +687,30 @@ _DECODE_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens',
 
 def predict_batch(model, params, batch: Mapping[str, Any], decoding_cfg,
                   rng: Optional[jax.Array] = None, *, use_cache: bool = True,
-                  prefix_lm: Optional[bool] = None
+                  bidirectional_prompt: Optional[bool] = None
                   ) -> Tuple[jax.Array, jax.Array]:
   """Decodes a batch with `model` (a t5x_lite.models model).
 
   Args:
     model: EncoderDecoderModel (uses encoder_input_tokens; decodes
       decoding_cfg.max_decode_length tokens) or DecoderOnlyModel (uses
-      decoder_input_tokens and, for a prefix LM, decoder_causal_attention as
-      the prompt; decodes up to the batch length).
+      decoder_input_tokens and decoder_causal_attention, which marks the
+      prompt; decodes up to the batch length).
     params: the model's params.
-    batch: feature-converted numpy/jax arrays; other features are ignored.
+    batch: feature-converted numpy/jax arrays; other features are ignored
+      (per-position features such as decoder_positions: use
+      `predict_with_features`).
     decoding_cfg: `config.decoding` (or a DecodeSettings): method greedy |
       sample | beam, beam_size, alpha, temperature, top_k, top_p,
       max_decode_length, seed, eos_id.
     rng: sampling key; default PRNGKey(decoding_cfg.seed).
-    use_cache: False runs the recompute-everything reference (tests).
-    prefix_lm: decoder-only only: whether the prompt (marked by
+    use_cache: False runs the recompute-everything reference (tests); it
+      gives the cached path's tokens, samples included.
+    bidirectional_prompt: decoder-only only: whether the prompt (marked by
       decoder_causal_attention) attends bidirectionally, as a prefix LM was
       trained; None: yes when the batch has decoder_causal_attention. False
-      decodes a causal LM from the marked prompt.
+      continues the marked prompt with causal attention over it, as a
+      causal LM was trained.
 
   Returns:
     (tokens [batch, len] int32, zeros after EOS; a decoder-only prompt is
@@ -614,6 +722,85 @@ def predict_batch(model, params, batch: Mapping[str, Any], decoding_cfg,
     rng = jax.random.PRNGKey(s.seed)
   feats = {k: jnp.asarray(v) for k, v in batch.items()
            if k in _DECODE_FEATURES}
-  return _predict_jit(model, s, bool(use_cache),
-                      None if prefix_lm is None else bool(prefix_lm), params,
-                      feats, rng)
+  bidirectional = (None if bidirectional_prompt is None
+                   else bool(bidirectional_prompt))
+  return _predict_jit(model, s, bool(use_cache), bidirectional, params, feats,
+                      rng)
+
+
+# ---- decoder-only with per-position features (no cache) -------------------------
+
+
+def _features_prompt(dec_in: jax.Array):
+  """decoder_input_tokens [batch, L] -> (inputs [batch, L] the prompt in
+  target space, prompt_len [batch], first decoder input [batch, 1])."""
+  inputs = jnp.pad(dec_in[:, 1:], ((0, 0), (0, 1)))
+  return inputs, prompt_lengths(inputs), dec_in[:, :1]
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _predict_features_jit(model, s: DecodeSettings, params, batch, rng):
+  n = s.num_beams
+  dec_in = batch['decoder_input_tokens'].astype(jnp.int32)  # [batch, L]
+  inputs, prompt_len, first = _features_prompt(dec_in)
+  features = {k: expand_beams(v, n) for k, v in batch.items()
+              if k != 'decoder_input_tokens'}
+  fn = _recompute_fn(model, params, features, expand_beams(first, n))
+  # Start at each row's last prompt token: everything before it is given.
+  tokens, scores = _run_search(s, inputs, (), fn, rng, prompt_len, 0)
+  return _strip_prompt(tokens, prompt_len), scores
+
+
+def _check_feature_batch(model, batch: Mapping[str, jax.Array]):
+  if model.ARCH != 'decoder_only':
+    raise ValueError(
+        f'predict_with_features decodes decoder_only models; '
+        f'{type(model).__name__} is {model.ARCH!r} (use predict_batch).')
+  if 'decoder_input_tokens' not in batch:
+    raise ValueError('predict_with_features needs decoder_input_tokens '
+                     f'[batch, L]; got {sorted(batch)}.')
+  shape = batch['decoder_input_tokens'].shape
+  bad = {k: v.shape for k, v in batch.items() if v.shape != shape}
+  if bad:
+    raise ValueError(
+        f'predict_with_features: every feature is given for the whole '
+        f'buffer, shaped like decoder_input_tokens {shape}; got {bad}. Fill '
+        'the positions still to be generated too.')
+
+
+def predict_with_features(model, params, batch: Mapping[str, Any],
+                          decoding_cfg, rng: Optional[jax.Array] = None
+                          ) -> Tuple[jax.Array, jax.Array]:
+  """Decodes a decoder-only batch whose positions carry their own features.
+
+  For what a decode-mode KV cache cannot take: positions other than
+  0, 1, 2, ..., per-position embeddings, an attention mask fixed for the
+  whole buffer (GLM's 2D positions, t5x_lite/objectives/glm_infill.py). No
+  cache: every step reruns the teacher-forced forward on the whole buffer
+  (cost quadratic in the length; fine for short generations).
+
+  Args:
+    model: a DecoderOnlyModel.
+    params: its params.
+    batch: decoder_input_tokens [batch, L]: each row's prompt is everything
+      up to its last nonzero token (position 0 included, which need not be
+      BOS), fed as given; the zeros after it are generated left to right.
+      Every other feature the network takes (decoder_positions,
+      decoder_block_positions, decoder_causal_attention, ...) is given for
+      the whole buffer, generated positions included, [batch, L] each, and
+      passed to every step's forward unchanged; features the network does
+      not take are ignored.
+    decoding_cfg: as predict_batch (max_decode_length unused: the buffer
+      length bounds the decode).
+    rng: sampling key; default PRNGKey(decoding_cfg.seed).
+
+  Returns:
+    As predict_batch: (tokens [batch, L] the continuation after each row's
+    prompt, left-aligned, zeros after EOS, scores [batch]).
+  """
+  s = DecodeSettings.from_config(decoding_cfg)
+  if rng is None:
+    rng = jax.random.PRNGKey(s.seed)
+  feats = {k: jnp.asarray(v) for k, v in batch.items()}
+  _check_feature_batch(model, feats)
+  return _predict_features_jit(model, s, params, feats, rng)

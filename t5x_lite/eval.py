@@ -46,10 +46,11 @@ def main(argv):
   config = _CONFIG.value
   from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
   from t5x_lite import evaluation  # pylint: disable=g-import-not-at-top
+  from t5x_lite import model_loading  # pylint: disable=g-import-not-at-top
   try:
     config_lib.validate(config)
-    evaluation.resolve_checkpoint(
-        _CHECKPOINT.value or evaluation.default_checkpoint(_WORKDIR.value))
+    model_loading.resolve_checkpoint(
+        _CHECKPOINT.value or model_loading.default_checkpoint(_WORKDIR.value))
     evaluation.evaluate(config, _WORKDIR.value, _CHECKPOINT.value)
   except config_lib.ConfigError as e:
     _fail(f'config: {e}', 2)

@@ -1,12 +1,18 @@
 """Analytic model FLOPs of one training step (matmuls only), for MFU.
 
-The formula of /work/shared/bench/t5flops.py (so MFU is comparable across
+The formula of the shared T5 FLOPs reference (so MFU is comparable across
 systems), generalised to decoder-only and encoder-only models: per token and
 layer, 2 FLOPs per multiply-add of the q/k/v/o projections, the (gated) MLP and
 the QK^T / AV products over the full length (causal masking not discounted),
 plus the output logits; x3 for forward + backward.
+
+`arch_flops_per_step` is one network's; a model's `flops_per_step`
+(t5x_lite/models.py) calls it, and an objective whose model runs more than
+one network (ELECTRA's generator + discriminator) adds its parts up.
 """
-from t5x_lite.models import sequence_lengths
+from typing import Mapping
+
+from t5x_lite.model_config import ModelConfig
 
 
 def _layer_macs_per_token(d_model, d_ff, inner, num_mlp_in):
@@ -15,15 +21,12 @@ def _layer_macs_per_token(d_model, d_ff, inner, num_mlp_in):
   return attn_proj, ffn
 
 
-def model_flops_per_step(config, batch_size: int = 0) -> float:
-  """Training FLOPs of one step on `batch_size` rows (train.batch_size by
-  default) at the task's feature lengths."""
-  m = config.model
-  if m.get('objective', 'auto') == 'electra':  # generator + discriminator
-    from t5x_lite import electra  # pylint: disable=g-import-not-at-top
-    return electra.electra_flops_per_step(config, batch_size)
-  batch = batch_size or config.train.batch_size
-  lens = sequence_lengths(m.arch, config.task.feature_lengths)
+def arch_flops_per_step(m: ModelConfig, lens: Mapping[str, int],
+                        batch: int) -> float:
+  """Training FLOPs of one step of network `m` on `batch` rows.
+
+  lens: the network's sequence lengths (t5x_lite.lengths.model_lengths).
+  """
   inner = m.num_heads * m.head_dim
   attn_proj, ffn = _layer_macs_per_token(m.emb_dim, m.mlp_dim, inner,
                                          len(m.mlp_activations))
@@ -51,6 +54,6 @@ def model_flops_per_step(config, batch_size: int = 0) -> float:
     f += dec_tok * layers * (attn_proj + ffn) * 2
     f += dec_tok * layers * 2 * (dec_len * inner) * 2
     f += dec_tok * m.emb_dim * m.vocab_size * 2
-  else:  # encoder_only: MLM logits at every position
+  else:  # encoder_only: vocabulary logits at every position
     f += enc_tok * m.emb_dim * m.vocab_size * 2
   return float(3 * f)

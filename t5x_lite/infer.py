@@ -71,12 +71,12 @@ def main(argv):
     _fail('give exactly one of --input, --input_file or --task_split.', 2)
   config = _CONFIG.value
   from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
-  from t5x_lite import evaluation  # pylint: disable=g-import-not-at-top
   from t5x_lite import inference  # pylint: disable=g-import-not-at-top
+  from t5x_lite import model_loading  # pylint: disable=g-import-not-at-top
   try:
     config_lib.validate(config)
     # A bad checkpoint path fails here, before the input pipeline loads.
-    evaluation.resolve_checkpoint(_CHECKPOINT.value)
+    model_loading.resolve_checkpoint(_CHECKPOINT.value)
     if _INPUT.value:
       examples = inference.text_examples(config, _INPUT.value, _TARGETS.value)
     elif _INPUT_FILE.value:

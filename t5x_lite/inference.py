@@ -27,7 +27,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 from absl import logging
 import numpy as np
 
-from t5x_lite import evaluation
+from t5x_lite import batches as batches_lib
+from t5x_lite.predictor import Predictor
 
 Example = Dict[str, Any]
 MODES = ('predict', 'score')
@@ -203,9 +204,12 @@ def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
 # ---- running -------------------------------------------------------------------
 
 
-def _is_prefix_lm(config) -> bool:
+def _bidirectional_prompt(config) -> bool:
+  """Whether a decoder-only model of config.task.name attends over its
+  prompt bidirectionally (its task's batches have inputs and targets: a
+  prefix LM) or causally (one sequence)."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
-  return tasks.objective_of(config.task.name) == 'text_to_text'
+  return tasks.layout_of(config.task.name) == 'inputs_targets'
 
 
 def run(config, checkpoint: str, examples: Sequence[Example], *,
@@ -217,20 +221,20 @@ def run(config, checkpoint: str, examples: Sequence[Example], *,
   if mode == 'score' and any('target_ids' not in ex for ex in examples):
     raise ValueError('--mode=score needs a target per input: --targets=..., '
                      'JSONL "target" fields or --task_split.')
-  model, params, info = evaluation.load_model(config, checkpoint)
-  predictor = evaluation.Predictor(model, params, config, info['mesh'],
-                                   info['param_shardings'])
+  predictor, info = Predictor.from_checkpoint(config, checkpoint)
+  model = predictor.model
   logging.info('Loaded %s (step %d).', info['checkpoint'], info['step'])
   vocab = _vocab(config)
   eos = predictor.settings.eos_id
   # Batches padded to a multiple of the batch shards: one compile, and every
   # device gets rows.
-  rows = evaluation.round_up(max(1, min(batch_size, len(examples))),
-                             predictor.num_shards)
-  prefix_lm = _is_prefix_lm(config) if model.ARCH == 'decoder_only' else None
+  rows = batches_lib.round_up(max(1, min(batch_size, len(examples))),
+                              predictor.num_shards)
+  bidirectional = (_bidirectional_prompt(config)
+                   if model.ARCH == 'decoder_only' else None)
   records = []
   for chunk in _chunks(list(examples), rows):
-    batch = evaluation.pad_rows(
+    batch = batches_lib.pad_rows(
         make_batch(model.ARCH, chunk, config, eos, mode == 'score'), rows)
     if mode == 'score':
       scores = predictor.score(batch)
@@ -240,12 +244,14 @@ def run(config, checkpoint: str, examples: Sequence[Example], *,
                         'num_target_tokens': int(
                             batch['decoder_loss_weights'][i].sum())})
       continue
-    tokens, scores = predictor.predict(batch, prefix_lm=prefix_lm)
+    tokens, scores = predictor.predict(batch,
+                                       bidirectional_prompt=bidirectional)
     for i, ex in enumerate(chunk):
       rec = {'input': ex['input']}
       if 'target' in ex:
         rec['target'] = ex['target']
-      rec['prediction'] = vocab.decode(evaluation.trim_decode(tokens[i], eos))
+      rec['prediction'] = vocab.decode(
+          batches_lib.trim_decode(tokens[i], eos))
       rec['score'] = float(scores[i])
       records.append(rec)
   return records

@@ -1,11 +1,13 @@
 """A network bound to its batch features and its loss.
 
-`from_config(config) -> Model` picks the class by `config.model.arch`:
+`arch_model(cfg, **loss_kw)` is the arch's own model (an objective that
+needs another builds it: t5x_lite/objectives/, `objectives.build_model`):
   EncoderDecoderModel  T5: encoder_input_tokens -> decoder_target_tokens.
-  DecoderOnlyModel     causal LM; prefix LM when the batch carries
-                       decoder_causal_attention (1 on the bidirectional prefix).
-  EncoderOnlyModel     MLM over encoder_target_tokens / encoder_loss_weights,
-                       or classification (head='classify', batch feature
+  DecoderOnlyModel     one causal sequence; a bidirectional prefix where the
+                       batch carries decoder_causal_attention (1 on it).
+  EncoderOnlyModel     per-token vocabulary logits over encoder_target_tokens
+                       / encoder_loss_weights (head='vocab'), or a pooled
+                       classifier (head='pooled', batch feature
                        'classifier_labels' or 'label').
 
 Every model offers (the train step, eval and decoding use only these):
@@ -18,8 +20,9 @@ Every model offers (the train step, eval and decoding use only these):
   loss_fn(params, batch, dropout_rng)         (normalised loss, metrics)
   eval_fn(params, batch)                      dict of sums (finalize_metrics)
   score_batch(params, batch)                  [batch] sum log-likelihood
-Another objective (ELECTRA's generator + discriminator) is a subclass that
-overrides `init_boxed`/`loss_terms`, registered in MODEL_CLASSES.
+  flops_per_step(feature_lengths, batch_size) training FLOPs (MFU)
+An objective with a model of its own subclasses one of these and overrides
+`init_boxed`/`loss_terms`/`flops_per_step` (t5x_lite/objectives/).
 """
 import abc
 import inspect
@@ -29,32 +32,16 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from t5x_lite import flops
+from t5x_lite import lengths
 from t5x_lite import losses
+from t5x_lite import network
 from t5x_lite import partitioning
-from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.model_config import ConfigError, ModelConfig
 
 Batch = Mapping[str, jax.Array]
 # Keys of the sums dict every loss_terms / eval_fn returns.
 SUM_KEYS = ('loss', 'z_loss', 'correct', 'num_tokens')
-
-
-def sequence_lengths(arch: str, feature_lengths) -> Dict[str, int]:
-  """Model-side lengths from task feature lengths (seqio converter rules).
-
-  encoder_decoder: encoder = inputs, decoder = targets. decoder_only: inputs +
-  targets (the prefix-LM converter concatenates them; a causal LM task has no
-  inputs). encoder_only: inputs (or targets when there are no inputs).
-  """
-  fl = dict(feature_lengths)
-  inputs, targets = fl.get('inputs', 0), fl.get('targets', 0)
-  if arch == 'encoder_decoder':
-    return {'encoder': inputs or targets, 'decoder': targets or inputs}
-  if arch == 'decoder_only':
-    return {'decoder': inputs + targets}
-  if arch == 'encoder_only':
-    return {'encoder': inputs or targets}
-  raise ConfigError(f'model.arch={arch!r} is not one of encoder_decoder, '
-                    'decoder_only, encoder_only.')
 
 
 def finalize_metrics(sums: Mapping[str, jax.Array],
@@ -72,7 +59,7 @@ def finalize_metrics(sums: Mapping[str, jax.Array],
       'accuracy': losses.normalize(sums['correct'], n, 0.0),
       'num_tokens': n,
   }
-  # Objective-specific sums (ELECTRA's): a `<name>_num` / `<name>_den` pair
+  # An objective's own sums: a `<name>_num` / `<name>_den` pair
   # becomes the metric `<name>` = num / den.
   for key in sums:
     if key.endswith('_num') and key[:-4] + '_den' in sums:
@@ -198,6 +185,12 @@ class BaseModel(abc.ABC):
     ll = losses.token_log_likelihood(logits, targets)  # [batch, len]
     return jnp.sum(ll * weights.astype(jnp.float32), axis=-1)
 
+  def flops_per_step(self, feature_lengths, batch_size: int) -> float:
+    """Training FLOPs of one step (t5x_lite/flops.py's formula), for MFU."""
+    return flops.arch_flops_per_step(
+        self.config, lengths.model_lengths(self.ARCH, feature_lengths),
+        batch_size)
+
   def _check_features(self, batch: Batch):
     missing = [k for k in self.REQUIRED_FEATURES if k not in batch]
     if missing:
@@ -219,7 +212,7 @@ class EncoderDecoderModel(BaseModel):
                        'decoder_target_tokens')
 
   def input_shapes(self, feature_lengths, batch_size):
-    lens = sequence_lengths(self.ARCH, feature_lengths)
+    lens = lengths.model_lengths(self.ARCH, feature_lengths)
     return _int_shapes(batch_size, {
         'encoder_input_tokens': lens['encoder'],
         'decoder_input_tokens': lens['decoder'],
@@ -241,7 +234,7 @@ class DecoderOnlyModel(BaseModel):
   REQUIRED_FEATURES = ('decoder_input_tokens', 'decoder_target_tokens')
 
   def input_shapes(self, feature_lengths, batch_size):
-    n = sequence_lengths(self.ARCH, feature_lengths)['decoder']
+    n = lengths.model_lengths(self.ARCH, feature_lengths)['decoder']
     return _int_shapes(batch_size, {
         'decoder_input_tokens': n,
         'decoder_target_tokens': n,
@@ -257,11 +250,12 @@ class DecoderOnlyModel(BaseModel):
 
 
 class EncoderOnlyModel(BaseModel):
-  """BERT-style MLM (head='mlm') or pooled classification (head='classify')."""
+  """Per-token vocabulary logits (head='vocab': masked-token prediction) or a
+  pooled classifier (head='pooled')."""
   ARCH = 'encoder_only'
-  HEADS = ('mlm', 'classify')
+  HEADS = ('vocab', 'pooled')
 
-  def __init__(self, module, cfg, *, head: str = 'mlm', **kw):
+  def __init__(self, module, cfg, *, head: str = 'vocab', **kw):
     if head not in self.HEADS:
       raise ValueError(f'EncoderOnlyModel head={head!r}; use one of '
                        f'{self.HEADS}.')
@@ -270,14 +264,14 @@ class EncoderOnlyModel(BaseModel):
 
   @property
   def REQUIRED_FEATURES(self):  # pylint: disable=invalid-name
-    if self.head == 'classify':
+    if self.head == 'pooled':
       return ('encoder_input_tokens', 'classifier_labels')
     return ('encoder_input_tokens', 'encoder_target_tokens')
 
   def input_shapes(self, feature_lengths, batch_size):
-    n = sequence_lengths(self.ARCH, feature_lengths)['encoder']
+    n = lengths.model_lengths(self.ARCH, feature_lengths)['encoder']
     shapes = _int_shapes(batch_size, {'encoder_input_tokens': n})
-    if self.head == 'classify':
+    if self.head == 'pooled':
       shapes['classifier_labels'] = jax.ShapeDtypeStruct((batch_size,),
                                                          jnp.int32)
     else:
@@ -296,19 +290,19 @@ class EncoderOnlyModel(BaseModel):
 
   def _logits(self, params, batch, dropout_rng, enable_dropout):
     logits = super()._logits(params, batch, dropout_rng, enable_dropout)
-    if self.head == 'classify':
+    if self.head == 'pooled':
       logits = logits[:, None, :]  # [batch, 1, classes]: one "token" per row
     return logits
 
   def _check_features(self, batch):
-    if self.head == 'classify' and 'classifier_labels' not in batch:
+    if self.head == 'pooled' and 'classifier_labels' not in batch:
       # The seqio classification converter names the feature `label`.
       if 'label' in batch:
         return
     super()._check_features(batch)
 
   def _targets_and_weights(self, batch):
-    if self.head == 'classify':
+    if self.head == 'pooled':
       labels = batch.get('classifier_labels', batch.get('label'))
       labels = labels.reshape(-1, 1)  # [batch, 1]
       weights = batch.get('classifier_weights')
@@ -329,22 +323,11 @@ MODEL_CLASSES = {
 }
 
 
-def from_config(config, *, model_class: Optional[type] = None,
-                **model_kwargs) -> BaseModel:
-  """The model `config.model.arch` names, with the loss settings of
-  config.train (z_loss, label_smoothing, loss_normalizing_factor)."""
-  from t5x_lite import network  # pylint: disable=g-import-not-at-top
-  cfg = ModelConfig.from_config(config.model)
-  if model_class is None and cfg.objective == 'electra':
-    from t5x_lite import electra  # pylint: disable=g-import-not-at-top,unused-import
-    model_class = MODEL_CLASSES['electra']  # registered by t5x_lite.electra
-  if model_class is None and cfg.objective == 'classify':
-    model_kwargs.setdefault('head', 'classify')
-  cls = model_class or MODEL_CLASSES.get(cfg.arch)
+def arch_model(cfg: ModelConfig, **kwargs) -> BaseModel:
+  """The arch's own model over network.build(cfg); kwargs: z_loss,
+  label_smoothing, loss_normalizing_factor and the class's own (head=)."""
+  cls = MODEL_CLASSES.get(cfg.arch)
   if cls is None:
     raise ConfigError(f'model.arch={cfg.arch!r} is not one of '
                       f'{", ".join(MODEL_CLASSES)}.')
-  t = config.train
-  return cls(network.build(cfg), cfg, z_loss=t.z_loss,
-             label_smoothing=t.label_smoothing,
-             loss_normalizing_factor=t.loss_normalizing_factor, **model_kwargs)
+  return cls(network.build(cfg), cfg, **kwargs)

@@ -24,9 +24,11 @@ Param tree (scanned; unrolled has layers_<i>/ in place of layers/):
   decoder/logits_dense/kernel                   [embed, vocab] (untied only)
   decoder/block_position_embedder/embedding     [num_block_positions, embed]
                                                 (GLM; num_block_positions > 0)
-EncoderOnly: token_embedder/, encoder/ as above, plus the heads mlm_dense/,
-mlm_norm/, mlm_bias [vocab], rtd_dense/, rtd_out/, pooler/, classifier/ (all
-created at init whichever head is asked for, so one tree serves every head).
+EncoderOnly: token_embedder/, encoder/ as above, plus the heads' params
+mlm_dense/, mlm_norm/, mlm_bias [vocab] (head 'vocab'), rtd_dense/, rtd_out/
+(head 'binary'), pooler/, classifier/ (head 'pooled'); all created at init
+whichever head is asked for, so one tree serves every head. (The param names
+are BERT's and ELECTRA's, which interop/hf.py maps.)
 
 Decoding (T5X style), 'cache' collection:
   1. cache creation: apply(..., decode=True, mutable=['cache']) with a
@@ -46,9 +48,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import ml_collections
+
 from t5x_lite import layers
-from t5x_lite import config as config_lib
-from t5x_lite.config import ModelConfig
+from t5x_lite import model_config
+from t5x_lite.model_config import ModelConfig
 
 EMBED = ('batch', 'length', 'embed')
 
@@ -398,9 +402,14 @@ class DecoderOnly(nn.Module):
 
 
 class EncoderOnly(nn.Module):
-  """Bidirectional encoder with heads: mlm, rtd, classify, hidden."""
+  """Bidirectional encoder with heads:
+    vocab   [batch, len, vocab] logits tied to the token embedding (MLM)
+    binary  [batch, len] one logit per token (replaced-token detection)
+    pooled  [batch, classes] a tanh pooler over the first token ([CLS])
+    hidden  [batch, len, embed] the encoder output
+  """
   config: ModelConfig
-  HEADS = ('mlm', 'rtd', 'classify', 'hidden')
+  HEADS = ('vocab', 'binary', 'pooled', 'hidden')
 
   def setup(self):
     cfg = self.config
@@ -415,7 +424,7 @@ class EncoderOnly(nn.Module):
         'mlm_bias', nn.with_logical_partitioning(nn.initializers.zeros,
                                                  ('vocab',)),
         (cfg.vocab_size,), jnp.float32)
-    # ELECTRA discriminator: dense + gelu + one logit per token.
+    # Binary per token (ELECTRA's discriminator): dense + gelu + one logit.
     self.rtd_dense = dense(cfg.emb_dim, kernel_axes=('embed', 'mlp'))
     self.rtd_out = dense(1, kernel_axes=('mlp', 'classes'),
                          output_dtype=jnp.float32)
@@ -425,38 +434,38 @@ class EncoderOnly(nn.Module):
                             output_dtype=jnp.float32)
     self.dropout = nn.Dropout(cfg.dropout_rate)
 
-  def _mlm(self, h):
+  def _vocab_logits(self, h):
     y = self.mlm_norm(jax.nn.gelu(self.mlm_dense(h), approximate=True))
     logits = self.token_embedder.attend(y) * (self.config.emb_dim ** -0.5)
     logits = logits + self.mlm_bias
     return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
 
-  def _rtd(self, h):
+  def _binary_logits(self, h):
     y = jax.nn.gelu(self.rtd_dense(h), approximate=True)
     return self.rtd_out(y)[..., 0].astype(jnp.float32)  # [batch, len]
 
-  def _classify(self, h, det):
+  def _pooled_logits(self, h, det):
     pooled = jnp.tanh(self.pooler(h[:, 0]))  # [batch, embed]
     pooled = self.dropout(pooled, deterministic=det)
     return self.classifier(pooled).astype(jnp.float32)  # [batch, classes]
 
   def __call__(self, encoder_input_tokens, encoder_segment_ids=None,
-               encoder_positions=None, *, enable_dropout=False, head='mlm'):
+               encoder_positions=None, *, enable_dropout=False, head='vocab'):
     if head not in self.HEADS:
       raise ValueError(f'EncoderOnly head={head!r}; use one of {self.HEADS}.')
     det = not enable_dropout
     h = self.encoder(encoder_input_tokens, encoder_segment_ids,
                      encoder_positions, enable_dropout=enable_dropout)
     if self.is_initializing():  # create every head's params
-      self._mlm(h)
-      self._rtd(h)
-      self._classify(h, det)
-    if head == 'mlm':
-      return self._mlm(h)
-    if head == 'rtd':
-      return self._rtd(h)
-    if head == 'classify':
-      return self._classify(h, det)
+      self._vocab_logits(h)
+      self._binary_logits(h)
+      self._pooled_logits(h, det)
+    if head == 'vocab':
+      return self._vocab_logits(h)
+    if head == 'binary':
+      return self._binary_logits(h)
+    if head == 'pooled':
+      return self._pooled_logits(h, det)
     return h
 
 
@@ -543,7 +552,8 @@ def size_report() -> list:
   from configs import models  # pylint: disable=g-import-not-at-top
   rows = []
   for name in models.SIZES:
-    c = models.apply_size(config_lib.default_config(), name)
+    c = models.apply_size(ml_collections.ConfigDict(
+        {'model': model_config.model_config_dict()}), name)
     c.model.vocab_size = 32128
     n = param_count(ModelConfig.from_config(c.model))
     pub = models.PUBLISHED_PARAMS.get(name)

@@ -28,7 +28,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 import optax
 
-from t5x_lite import config as config_lib
+from t5x_lite.model_config import ConfigError
 
 MESH_AXES = ('data', 'fsdp', 'tensor')
 # The logical axes of a [batch, length] input feature.
@@ -36,6 +36,33 @@ BATCH_LOGICAL_AXES = ('batch', 'length')
 
 
 # ---- mesh -------------------------------------------------------------------
+
+
+def mesh_shape(mesh_cfg, num_devices):
+  """Resolves -1 in (data, fsdp, tensor); raises ConfigError if it can't."""
+  dims = {k: mesh_cfg[k] for k in ('data', 'fsdp', 'tensor')}
+  dcn = mesh_cfg.get('dcn_data', 1) * mesh_cfg.get('dcn_fsdp', 1)
+  for k, v in dims.items():
+    if v == 0 or v < -1:
+      raise ConfigError(f'mesh.{k}={v}: use a positive size or -1 to fill.')
+  fill = [k for k, v in dims.items() if v == -1]
+  if len(fill) > 1:
+    raise ConfigError(f'Only one mesh axis may be -1, got {fill}.')
+  known = 1
+  for v in dims.values():
+    known *= v if v > 0 else 1
+  total = known * dcn
+  if fill:
+    if num_devices % total:
+      raise ConfigError(
+          f'mesh {dict(mesh_cfg.items())} does not divide {num_devices} '
+          f'devices: the fixed axes multiply to {total}.')
+    dims[fill[0]] = num_devices // total
+  elif total != num_devices:
+    raise ConfigError(
+        f'mesh data*fsdp*tensor*dcn = {total} but there are {num_devices} '
+        'devices; set one axis to -1 or make the product match.')
+  return dims
 
 
 def make_mesh(mesh_cfg, devices: Optional[Sequence[Any]] = None) -> Mesh:
@@ -54,7 +81,7 @@ def make_mesh(mesh_cfg, devices: Optional[Sequence[Any]] = None) -> Mesh:
     and the logical constraints, pjit style).
   """
   devices = list(jax.devices() if devices is None else devices)
-  ici = config_lib.mesh_shape(mesh_cfg, len(devices))
+  ici = mesh_shape(mesh_cfg, len(devices))
   ici_shape = [ici[a] for a in MESH_AXES]
   dcn_shape = [mesh_cfg.get('dcn_data', 1), mesh_cfg.get('dcn_fsdp', 1), 1]
   if np.prod(dcn_shape) > 1:
@@ -103,7 +130,7 @@ def logical_rules(config_or_rules) -> Tuple[Tuple[str, Any], ...]:
   out = []
   for pair in rules:
     if len(pair) != 2:
-      raise config_lib.ConfigError(
+      raise ConfigError(
           f'mesh.rules entry {pair!r} must be a (logical_name, mesh_axes) '
           'pair.')
     name, axes = pair
@@ -114,7 +141,7 @@ def logical_rules(config_or_rules) -> Tuple[Tuple[str, Any], ...]:
       names = () if axes is None else (axes,)
     for a in names:
       if a not in MESH_AXES:
-        raise config_lib.ConfigError(
+        raise ConfigError(
             f'mesh.rules maps {name!r} to unknown mesh axis {a!r}; use one of '
             f'{MESH_AXES} or None.')
     out.append((str(name), axes))

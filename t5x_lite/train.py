@@ -41,6 +41,9 @@ def _explain_override(argv, error) -> str:
     if not arg.startswith('--config.'):
       continue
     path = arg[len('--config.'):].split('=', 1)[0]
+    if config_lib.renamed_key_hint(path):
+      return (f'config key --config.{path} was renamed.'
+              f'{config_lib.renamed_key_hint(path)}')
     node, seen = ref, []
     for key in path.split('.'):
       if not hasattr(node, 'keys') or key not in node:

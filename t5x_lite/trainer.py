@@ -4,6 +4,7 @@
   train_step = make_train_step(model, tx, config, mesh, state_shardings,
                                batch_sharding)
   state, metrics = train_step(state, batch, rng)   # batch: global jax.Arrays
+  abstract, shardings = abstract_params(model, config, mesh)  # eval / infer
 
 The state is born sharded (a jitted init with out_shardings: no host copy of
 the full params); the step donates it. Inside every step the mesh and the
@@ -43,26 +44,46 @@ def _init_batch_shapes(model, config):
   return model.input_shapes(config.task.feature_lengths, 1)
 
 
+def _with_shardings(abstract, shardings):
+  """ShapeDtypeStructs that carry `shardings` (what Orbax restores into)."""
+  return jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+      abstract, shardings)
+
+
+def _abstract_params_and_specs(model, config, mesh):
+  """(param ShapeDtypeStructs, their mesh PartitionSpecs from the rules)."""
+  rules = partitioning.logical_rules(config)
+  boxed = model.abstract_params(_init_batch_shapes(model, config))
+  return (partitioning.unbox(boxed),
+          partitioning.params_specs(boxed, mesh, rules))
+
+
+def abstract_params(model, config, mesh) -> Tuple[Any, Any]:
+  """(param ShapeDtypeStructs with shardings, NamedShardings) on `mesh`.
+
+  No computation: what a params-only restore (eval, infer) reads into. The
+  same shardings as abstract_train_state(...)[1].params.
+  """
+  params, pspecs = _abstract_params_and_specs(model, config, mesh)
+  shardings = partitioning.specs_to_shardings(pspecs, mesh, params)
+  return _with_shardings(params, shardings), shardings
+
+
 def abstract_train_state(model, optimizer: optax.GradientTransformation,
                          config, mesh) -> Tuple[TrainState, TrainState]:
   """(ShapeDtypeStructs with shardings, NamedShardings) of the train state.
 
   No computation: what Orbax restores into and what jit places by.
   """
-  rules = partitioning.logical_rules(config)
-  boxed = model.abstract_params(_init_batch_shapes(model, config))
-  params = partitioning.unbox(boxed)
-  pspecs = partitioning.params_specs(boxed, mesh, rules)
+  params, pspecs = _abstract_params_and_specs(model, config, mesh)
   opt_state = jax.eval_shape(optimizer.init, params)
   ospecs = partitioning.opt_state_specs(opt_state, pspecs, params)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
                         params=params, opt_state=opt_state)
   specs = TrainState(step=P(), params=pspecs, opt_state=ospecs)
   shardings = partitioning.specs_to_shardings(specs, mesh, abstract)
-  abstract = jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-      abstract, shardings)
-  return abstract, shardings
+  return _with_shardings(abstract, shardings), shardings
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, config,

@@ -15,3 +15,24 @@ os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
   sys.path.insert(0, ROOT)
+
+# End-to-end modules (subprocesses, whole training runs, multi-process):
+# `pytest -m "not slow"` (make test-fast) skips them for a quick inner loop;
+# `make test` (and CI) runs everything. A single slow test elsewhere takes
+# @pytest.mark.slow.
+SLOW_MODULES = ('test_train_e2e.py', 'test_multiprocess.py',
+                'test_eval_infer.py', 'test_objectives_e2e.py',
+                'test_bench.py', 'test_imports.py', 'test_hf_parity.py')
+
+
+def pytest_configure(config):
+  config.addinivalue_line(
+      'markers', 'slow: end-to-end test; deselect with -m "not slow"')
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  import pytest  # pylint: disable=g-import-not-at-top
+  for item in items:
+    if os.path.basename(str(item.fspath)) in SLOW_MODULES:
+      item.add_marker(pytest.mark.slow)

@@ -19,6 +19,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from t5x_lite import checkpoints
+from t5x_lite import objectives
 
 
 @flax.struct.dataclass
@@ -254,6 +255,23 @@ def test_restore_params_every_format(tmp_path):
   from t5x_lite.interop import hf  # pylint: disable=g-import-not-at-top
   hf.save_params_checkpoint(str(tmp_path / 'hf'), want, default.get_config())
   _assert_equal(checkpoints.restore_params(str(tmp_path / 'hf')), want)
+  # The one writer of the format (HF import, ELECTRA export) and its config.
+  out = checkpoints.save_params_only(str(tmp_path / 'po'), want,
+                                     {'model': {'arch': 'encoder_decoder'}})
+  assert out == str(tmp_path / 'po')
+  assert checkpoints.read_params_only_config(out) == {
+      'model': {'arch': 'encoder_decoder'}}
+  got = checkpoints.restore_params(out)
+  _assert_equal(got, want)
+  assert isinstance(jax.tree.leaves(got)[0], np.ndarray)
+  with pytest.raises(FileExistsError, match='pick a new output directory'):
+    checkpoints.save_params_only(out, want)
+  bare_config = checkpoints.save_params_only(str(tmp_path / 'noconf'), want)
+  assert checkpoints.read_params_only_config(bare_config) == {}
+  _assert_equal(checkpoints.restore_params(bare_config), want)
+  (tmp_path / 'noconf' / 'config.json').write_text('{not json')
+  with pytest.raises(ValueError, match='not valid JSON'):
+    checkpoints.read_params_only_config(bare_config)
   # ... or a bare params tree.
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(str(tmp_path / 'bare'), want)
@@ -320,7 +338,7 @@ def test_train_state_moves_between_mesh_shapes(tmp_path):
     c.task.feature_lengths = dict(inputs=16, targets=8)
     c.optimizer.min_dim_size_to_factor = 16
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh_dims
-    model = models.from_config(c)
+    model = objectives.build_model(c)
     tx, _ = optimizers.make_optimizer(c)
     mesh = partitioning.make_mesh(c.mesh)
     return c, model, tx, mesh

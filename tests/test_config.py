@@ -212,3 +212,50 @@ def test_model_config_round_trip():
   m = ModelConfig.from_config(c.model)
   assert m.emb_dim == 512 and m.mlp_activations == ('gelu', 'linear')
   assert m.replace(num_heads=2).num_heads == 2
+
+
+# ---- objectives: looked up by name, their keys in their own group -----------
+
+
+@pytest.mark.parametrize('old, value, new', [
+    ('objective', 'electra', 'objective.name'),
+    ('generator_size_fraction', 0.5,
+     'objective.electra.generator_size_fraction'),
+    ('electra_disc_weight', 10.0, 'objective.electra.disc_weight'),
+])
+def test_renamed_model_keys_name_the_new_key(old, value, new):
+  c = config_lib.default_config()
+  with c.unlocked():
+    c.model[old] = value
+  msg = _error(c)
+  assert f"'model.{old}' was renamed" in msg and new in msg
+
+
+def test_unknown_objective_lists_the_close_ones():
+  c = config_lib.default_config()
+  c.objective.name = 'electr'
+  msg = _error(c)
+  assert "'electra'" in msg and 'span_corruption' in msg
+
+
+def test_objective_needs_one_of_its_archs():
+  c = models.apply_size(config_lib.default_config(), 'tiny')
+  c.objective.name = 'mlm'
+  msg = _error(c)
+  assert 'encoder_only' in msg and 'pretrain_bert.py' in msg
+
+
+def test_objective_options_are_checked_by_their_objective():
+  c = models.apply_size(config_lib.default_config(), 'encoder_tiny')
+  c.objective.name = 'electra'
+  c.objective.electra.generator_size_fraction = 1.5
+  assert 'objective.electra.generator_size_fraction' in _error(c)
+
+
+def test_model_group_is_derived_from_model_config():
+  from t5x_lite import model_config  # pylint: disable=g-import-not-at-top
+  import dataclasses  # pylint: disable=g-import-not-at-top
+  fields = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
+  assert dict(config_lib.default_config().model) == fields
+  assert 'vocab_size' in model_config.STRUCTURAL_MODEL_KEYS
+  assert 'dtype' not in model_config.STRUCTURAL_MODEL_KEYS

@@ -202,7 +202,7 @@ def test_max_decode_len_and_brevity_penalty():
 # ---- the real networks (tiny) -------------------------------------------------------
 
 
-def _tiny(size, scan):
+def _tiny(size, scan, **model_overrides):
   # pylint: disable=g-import-not-at-top
   from configs import default, models as sizes
   from t5x_lite import models
@@ -211,7 +211,8 @@ def _tiny(size, scan):
   c.model.vocab_size = 64
   c.model.emb_dim, c.model.mlp_dim, c.model.num_heads = 32, 64, 2
   c.model.scan_layers = scan
-  m = models.from_config(c)
+  c.model.update(model_overrides)
+  m = models.arch_model(models.ModelConfig.from_config(c.model))
   params = m.init_params(jax.random.PRNGKey(1),
                          m.input_shapes({'inputs': 8, 'targets': 8}, 1))
   return m, params
@@ -309,3 +310,187 @@ def test_decoder_only_prefill_equals_recompute(fp32, method):
   for r, p in enumerate([2, 4, 7]):
     assert not tok[r, length - p:].any()
     assert tok[r, 0] != 0
+
+
+# ---- the library paths scripts/sample_generations.py used to hand-write -------------
+# The two reference callbacks below are the script's own, copied verbatim (but
+# for names) from before decoding moved into the library.
+
+
+def _old_prompted_continuation(model, params, ids, n, length, eos, rng,
+                               temperature, topk, topp):
+  """The script's prompted causal-LM continuation: no cache, causal
+  attention over the prompt, started at the last prompt token."""
+  def fn(state):
+    logits = model.apply(params, {'decoder_input_tokens':
+                                  state.sequences[:, :-1]})
+    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+
+  inputs = np.zeros((n, length), np.int32)
+  inputs[:, :len(ids)] = ids
+  seqs, _ = jax.jit(lambda i, r: decoding.temperature_sample(
+      i, (), fn, eos, r, temperature=temperature, topk=topk, topp=topp,
+      initial_index=len(ids)))(jnp.asarray(inputs), rng)
+  return np.asarray(seqs)[:, len(ids):]
+
+
+def _old_glm_infill(model, params, part_a, mask_pos, start_id, eos, rng,
+                    temperature, topk, topp, span_len=12):
+  """The script's GLM infilling callback: 2D positions, prefix recomputed."""
+  n, a = part_a.shape
+  length = a + 1 + span_len  # part A, [S], the span
+  inputs = np.zeros((n, length), np.int32)
+  inputs[:, :a - 1] = part_a[:, 1:]
+  inputs[:, a - 1] = start_id
+  k = np.arange(length)
+  causal = (k < a).astype(np.int32)[None].repeat(n, 0)
+  positions = np.where(k < a, k, mask_pos)[None].repeat(n, 0)
+  block = np.where(k < a, 0, k - a + 1)[None].repeat(n, 0)
+  first = jnp.asarray(part_a[:, :1])
+
+  def fn(state):
+    dec_in = state.sequences[:, :-1].at[:, :1].set(first)
+    logits = model.apply(params, {
+        'decoder_input_tokens': dec_in,
+        'decoder_causal_attention': jnp.asarray(causal),
+        'decoder_positions': jnp.asarray(positions, jnp.int32),
+        'decoder_block_positions': jnp.asarray(block, jnp.int32)})
+    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+
+  seqs, _ = jax.jit(lambda i, r: decoding.temperature_sample(
+      i, (), fn, eos, r, temperature=temperature, topk=topk, topp=topp,
+      initial_index=a))(jnp.asarray(inputs), rng)
+  return np.asarray(seqs)[:, a:]
+
+
+# (temperature, top_k, top_p): greedy, then sampling with both filters.
+_SAMPLINGS = [(0.0, 0, 1.0), (1.0, 20, 0.95)]
+
+
+@pytest.fixture(scope='module')
+def decoder_lm():
+  return _tiny('decoder_tiny', scan=False)
+
+
+@pytest.mark.parametrize('temperature,topk,topp', _SAMPLINGS)
+def test_causal_prompt_equals_old_script_callback(fp32, decoder_lm,
+                                                  temperature, topk, topp):
+  """predict_batch(bidirectional_prompt=False), cached and not, continues a prompt with
+  causal attention over it exactly as the script's hand-written callback
+  did, samples included (both paths start at the last prompt token)."""
+  model, params = decoder_lm
+  n, length, eos = 3, 16, 1
+  ids = list(np.random.RandomState(2).randint(2, 64, 5))
+  rng = jax.random.PRNGKey(4)
+  ref = _old_prompted_continuation(model, params, ids, n, length, eos, rng,
+                                   temperature, topk, topp)
+  dec_in = np.zeros((n, length), np.int32)
+  dec_in[:, 1:len(ids) + 1] = ids
+  causal = np.zeros((n, length), np.int32)
+  causal[:, :len(ids) + 1] = 1
+  batch = {'decoder_input_tokens': dec_in, 'decoder_causal_attention': causal}
+  cfg = dict(method='greedy' if temperature == 0 else 'sample',
+             temperature=temperature, top_k=topk, top_p=topp, eos_id=eos)
+  for use_cache in (True, False):
+    tok, _ = decoding.predict_batch(model, params, batch, cfg, rng,
+                                    use_cache=use_cache, bidirectional_prompt=False)
+    tok = np.asarray(tok)
+    np.testing.assert_array_equal(tok[:, :length - len(ids)], ref,
+                                  err_msg=f'use_cache={use_cache}')
+    assert not tok[:, length - len(ids):].any()
+  if temperature:  # the rows are distinct samples of one prompt
+    assert len({tuple(r) for r in ref}) > 1, ref
+  # Causal and bidirectional attention over the prompt are different models
+  # (a random one may still agree on the argmax: compare the scores).
+  greedy = dict(cfg, method='greedy')
+  _, bi = decoding.predict_batch(model, params, batch, greedy, rng)
+  _, uni = decoding.predict_batch(model, params, batch, greedy, rng,
+                                  bidirectional_prompt=False)
+  assert not np.allclose(bi, uni, rtol=1e-3)
+
+
+@pytest.fixture(scope='module')
+def glm_lm():
+  return _tiny('decoder_tiny', scan=False, num_block_positions=16)
+
+
+@pytest.mark.parametrize('temperature,topk,topp', _SAMPLINGS)
+def test_glm_infill_equals_old_script_callback(fp32, glm_lm, temperature,
+                                               topk, topp):
+  """objectives.glm_infill.infill (via decoding.predict_with_features) gives
+  the tokens of the script's hand-written GLM callback, 2D positions and
+  all."""
+  from t5x_lite.objectives import glm_infill  # pylint: disable=g-import-not-at-top
+  model, params = glm_lm
+  mask, start, eos, span_len = 63, 61, 1, 6
+  rng_np = np.random.RandomState(3)
+  part_a = rng_np.randint(2, 60, (3, 9)).astype(np.int32)
+  mask_pos = 4
+  part_a[:, mask_pos] = mask
+  rng = jax.random.PRNGKey(6)
+  ref = _old_glm_infill(model, params, part_a, mask_pos, start, eos, rng,
+                        temperature, topk, topp, span_len=span_len)
+  got = glm_infill.infill(model, params, part_a, mask_pos, start, eos, rng,
+                          temperature, topk, topp, span_len=span_len)
+  assert got.shape == ref.shape == (3, span_len + 1)
+  np.testing.assert_array_equal(got, ref)
+  assert got[:, 0].all()  # something was generated
+  # The 2D positions matter: without them the model infills differently.
+  batch = glm_infill.infill_batch(part_a, mask_pos, start, span_len)
+  plain = {k: v for k, v in batch.items()
+           if k not in ('decoder_positions', 'decoder_block_positions')}
+  tok, _ = decoding.predict_with_features(
+      model, params, plain, dict(method='greedy', eos_id=eos))
+  greedy = glm_infill.infill(model, params, part_a, mask_pos, start, eos, rng,
+                             span_len=span_len)
+  assert not np.array_equal(np.asarray(tok)[:, :span_len + 1], greedy)
+
+
+def test_glm_infill_batch_layout():
+  from t5x_lite.objectives import glm_infill  # pylint: disable=g-import-not-at-top
+  part_a = np.array([[5, 6, 63, 7]], np.int32)
+  b = glm_infill.infill_batch(part_a, 2, start_id=61, span_len=2)
+  np.testing.assert_array_equal(b['decoder_input_tokens'],
+                                [[5, 6, 63, 7, 61, 0, 0]])
+  np.testing.assert_array_equal(b['decoder_causal_attention'],
+                                [[1, 1, 1, 1, 0, 0, 0]])
+  np.testing.assert_array_equal(b['decoder_positions'],
+                                [[0, 1, 2, 3, 2, 2, 2]])
+  np.testing.assert_array_equal(b['decoder_block_positions'],
+                                [[0, 0, 0, 0, 1, 2, 3]])
+  with pytest.raises(ValueError, match='mask_pos'):
+    glm_infill.infill_batch(part_a, 4, 61, 2)
+  with pytest.raises(ValueError, match='padding'):
+    glm_infill.infill_batch(np.array([[5, 0, 63]]), 2, 61, 2)
+
+
+@pytest.mark.parametrize('method', ['greedy', 'beam'])
+def test_features_path_equals_predict_batch(fp32, decoder_lm, method):
+  """With only decoder_causal_attention as its feature, predict_with_features
+  is predict_batch's prefix-LM decode (beams included)."""
+  model, params = decoder_lm
+  rng = np.random.RandomState(1)
+  length = 16
+  dec = np.zeros((3, length), np.int32)
+  causal = np.zeros((3, length), np.int32)
+  for r, p in enumerate([2, 4, 7]):
+    dec[r, 1:p + 1] = rng.randint(2, 64, p)
+    causal[r, :p + 1] = 1
+  batch = {'decoder_input_tokens': dec, 'decoder_causal_attention': causal}
+  cfg = dict(method=method, beam_size=3, alpha=0.6)
+  tok, score = decoding.predict_batch(model, params, batch, cfg)
+  got, got_score = decoding.predict_with_features(model, params, batch, cfg)
+  np.testing.assert_array_equal(got, tok)
+  np.testing.assert_allclose(got_score, score, rtol=1e-5)
+
+
+def test_features_path_errors_name_the_fix(encdec, decoder_lm):
+  model, params = decoder_lm
+  dec = np.ones((2, 8), np.int32)
+  with pytest.raises(ValueError, match='whole buffer'):
+    decoding.predict_with_features(
+        model, params, {'decoder_input_tokens': dec,
+                        'decoder_positions': dec[:, :4]}, {})
+  with pytest.raises(ValueError, match='use predict_batch'):
+    decoding.predict_with_features(encdec[0], encdec[1],
+                                   {'decoder_input_tokens': dec}, {})

@@ -12,7 +12,8 @@ import pytest
 
 from configs import default
 from configs import models as sizes
-from t5x_lite import electra
+from t5x_lite import objectives
+from t5x_lite.objectives import electra
 from t5x_lite import flops
 from t5x_lite import losses
 from t5x_lite import models
@@ -25,14 +26,14 @@ VOCAB, LEN, BATCH, MASK = 64, 16, 4, 63
 
 def _config(**model):
   c = sizes.apply_size(default.get_config(), 'encoder_tiny')
-  c.model.objective = 'electra'
+  c.objective.name = 'electra'
   c.model.vocab_size = VOCAB
   c.model.emb_dim = 32
   c.model.num_heads = 4
   c.model.head_dim = 8
   c.model.mlp_dim = 64
   c.model.num_encoder_layers = 1
-  c.model.generator_size_fraction = 0.5
+  c.objective.electra.generator_size_fraction = 0.5
   for k, v in model.items():
     c.model[k] = v
   c.task.feature_lengths = dict(inputs=LEN, targets=LEN)
@@ -58,7 +59,7 @@ def _batch(seed=0):
 
 @pytest.fixture(scope='module')
 def model_and_params():
-  model = models.from_config(_config())
+  model = objectives.build_model(_config())
   shapes = model.input_shapes({'inputs': LEN}, 1)
   params = jax.jit(lambda rng: model.init_params(rng, shapes))(
       jax.random.PRNGKey(0))
@@ -69,7 +70,7 @@ def test_from_config_picks_electra_and_generator_dims(model_and_params):
   model, params = model_and_params
   assert isinstance(model, electra.ElectraModel)
   assert set(params) == {'discriminator', 'generator'}
-  gen = electra.generator_config(model.config)
+  gen = electra.generator_config(model.config, model.options)
   assert (gen.emb_dim, gen.num_heads, gen.mlp_dim) == (16, 2, 32)
   # embed_project: [emb 32 -> gen 16]; MLM head back to the embedding width.
   assert params['generator']['embed_project']['project']['kernel'].shape == (
@@ -197,7 +198,7 @@ def test_loss_is_mlm_plus_weighted_rtd_and_metrics_add_up(model_and_params):
 def test_train_steps_with_microbatches_fall_and_log_electra_metrics():
   c = _config()
   c.train.microbatches = 2  # the accumulation carry holds ELECTRA's sums
-  model = models.from_config(c)
+  model = objectives.build_model(c)
   tx, _ = optimizers.make_optimizer(c)
   mesh = partitioning.make_mesh(c.mesh, jax.devices()[:1])
   rules = partitioning.logical_rules(c)
@@ -220,18 +221,19 @@ def test_train_steps_with_microbatches_fall_and_log_electra_metrics():
 def test_flops_count_generator_and_discriminator():
   c = _config()
   bert = c.copy_and_resolve_references()
-  bert.model.objective = 'auto'
-  f_electra = flops.model_flops_per_step(c)
-  f_bert = flops.model_flops_per_step(bert)
+  bert.objective.name = ''
+  f_electra = objectives.flops_per_step(c)
+  f_bert = objectives.flops_per_step(bert)
   # ELECTRA = BERT (trunk + vocab logits) + the generator's trunk.
   gen = bert.copy_and_resolve_references()
-  g = electra.generator_config(models.ModelConfig.from_config(c.model))
+  g = electra.generator_config(models.ModelConfig.from_config(c.model),
+                              electra.Options(generator_size_fraction=0.5))
   for k in ('emb_dim', 'num_heads', 'mlp_dim'):
     gen.model[k] = getattr(g, k)
   no_layers = gen.copy_and_resolve_references()
   no_layers.model.num_encoder_layers = 0
-  gen_trunk = (flops.model_flops_per_step(gen) -
-               flops.model_flops_per_step(no_layers))
+  gen_trunk = (objectives.flops_per_step(gen) -
+               objectives.flops_per_step(no_layers))
   np.testing.assert_allclose(f_electra, f_bert + gen_trunk, rtol=1e-9)
   assert gen_trunk > 0
 

@@ -145,7 +145,7 @@ def test_missing_checkpoint_fails_clearly(workdir):
 
 def test_corrupt_checkpoint_fails_clearly(workdir, tmp_path):
   # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints, evaluation
+  from t5x_lite import checkpoints, model_loading
   ckpt_dir = tmp_path / 'checkpoints'
   shutil.copytree(os.path.join(workdir, 'checkpoints', str(STEPS)),
                   ckpt_dir / str(STEPS))
@@ -160,9 +160,9 @@ def test_corrupt_checkpoint_fails_clearly(workdir, tmp_path):
     with open(name, 'r+b') as f:
       f.truncate(os.path.getsize(name) // 2)
   with pytest.raises(checkpoints.CheckpointError) as e:
-    evaluation.load_model(_config(), step)
+    model_loading.load_model(_config(), step)
   assert step in str(e.value) and f'[{STEPS}]' in str(e.value)
   # An interrupted save (no commit marker) is named as such.
   os.remove(os.path.join(step, checkpoints.COMMIT_MARKER))
   with pytest.raises(checkpoints.CheckpointError, match='commit marker'):
-    evaluation.load_model(_config(), step)
+    model_loading.load_model(_config(), step)

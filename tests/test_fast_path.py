@@ -20,6 +20,7 @@ from configs import default
 from configs import models as sizes
 from t5x_lite import layers
 from t5x_lite import models
+from t5x_lite import objectives
 from t5x_lite import network
 from t5x_lite import optimizers
 from t5x_lite import partitioning
@@ -132,7 +133,7 @@ def _batches():
 def _train(config, params=None):
   """(initial params, losses of STEPS steps), fresh AdamW. `params` (unrolled
   layout) start the run; None initialises them from PRNGKey(0)."""
-  model = models.from_config(config)
+  model = objectives.build_model(config)
   tx, _ = optimizers.make_optimizer(config)
   mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
   if params is None:

@@ -374,7 +374,7 @@ def test_encoder_only_heads():
   assert {'mlm_dense', 'mlm_bias', 'rtd_out', 'classifier'} <= set(params)
   toks = np.array(_tokens((2, 8)))
   toks[1, 6:] = 0
-  shapes = {'mlm': (2, 8, VOCAB), 'rtd': (2, 8), 'classify': (2, 3),
+  shapes = {'vocab': (2, 8, VOCAB), 'binary': (2, 8), 'pooled': (2, 3),
             'hidden': (2, 8, 32)}
   for head, shape in shapes.items():
     out = _apply(module, params, toks, head=head)

@@ -17,6 +17,7 @@ import pytest
 
 from t5x_lite import config as config_lib
 from t5x_lite import models
+from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import trainer
@@ -81,7 +82,7 @@ def test_config_trains_with_falling_loss(name):
   arch, task = CONFIGS[name]
   assert (c.model.arch, c.task.name) == (arch, task)
   batch = _first_batch(name, c)
-  model = models.from_config(c)
+  model = objectives.build_model(c)
   tx, _ = optimizers.make_optimizer(c)
   mesh = partitioning.make_mesh(c.mesh, jax.devices()[:1])
   rules = partitioning.logical_rules(c)
@@ -104,7 +105,7 @@ def test_glm_block_positions_reach_the_network():
   c = _shrink(_load('pretrain_glm:tiny'))
   batch = _first_batch('pretrain_glm:tiny', c)
   assert np.any(batch['decoder_block_positions'] > 1)
-  model = models.from_config(c)
+  model = objectives.build_model(c)
   params = model.init_params(jax.random.PRNGKey(0), batch)
   table = params['decoder']['block_position_embedder']['embedding']
   assert table.shape == (c.model.num_block_positions, c.model.emb_dim)
@@ -120,7 +121,7 @@ def test_glm_block_positions_reach_the_network():
 
 
 def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
-  from t5x_lite import electra
+  from t5x_lite.objectives import electra
   from t5x_lite import loop
   # The loop runs on every (fake) device: a batch of 8 gives each one row.
   c = _shrink(_load('pretrain_electra:tiny'))
@@ -158,7 +159,7 @@ def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
   export = electra.export_discriminator(work, str(tmp_path / 'disc'))
   ft = _shrink(_load('finetune_classifier:tiny'))
   ft.task.feature_lengths = c.task.feature_lengths
-  classifier = models.from_config(ft)
+  classifier = objectives.build_model(ft)
   abstract = partitioning.unbox(classifier.abstract_params(
       classifier.input_shapes(ft.task.feature_lengths, 1)))
   restored = checkpoints.restore_params(export, abstract)
@@ -167,4 +168,4 @@ def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
                   jax.tree_util.tree_leaves(pretrained)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
   with open(os.path.join(export, 'config.json')) as f:
-    assert json.load(f)['model']['objective'] == 'auto'
+    assert json.load(f)['objective']['name'] == ''

@@ -1,6 +1,8 @@
 """The objectives on synthetic token streams: exact lengths, statistics, and
 round trips that rebuild the original tokens. Needs no built data: the
 vocabulary is a 4100-id PassThroughVocabulary (the corpus vocab's size)."""
+import functools
+
 import numpy as np
 import pytest
 import seqio
@@ -33,7 +35,7 @@ def _run(fn, docs, sequence_length, seed=0):
 
 def _span_corruption(docs, lengths, seed=0):
   def chain(ds, sequence_length, output_features):
-    ds = prep.span_corruption(ds, sequence_length, output_features)
+    ds = prep.denoise_spans(ds, sequence_length, output_features)
     return seqio.preprocessors.append_eos_after_trim(ds, output_features,
                                                      sequence_length)
   return _run(chain, docs, lengths, seed)
@@ -131,7 +133,7 @@ def test_prefix_lm_round_trip_and_lengths():
   docs = _docs(np.random.RandomState(2).randint(2, 300, size=200))
   lengths = {'inputs': 64, 'targets': 16}
   out = _run(lambda ds, **kw: seqio.preprocessors.append_eos_after_trim(
-      prep.prefix_lm(ds, **kw), kw['output_features'], kw['sequence_length']),
+      prep.random_prefix_split(ds, **kw), kw['output_features'], kw['sequence_length']),
              docs, lengths, seed=5)
   chunks = [c for c in _expected_chunks(docs, 63) if len(c) >= 2]
   assert len(out) == len(chunks)
@@ -144,7 +146,7 @@ def test_prefix_lm_round_trip_and_lengths():
 
 def test_causal_lm_marks_document_ends_and_cuts_fixed_chunks():
   docs = _docs([10, 20, 30])
-  out = _run(prep.causal_lm, docs, {'targets': 16})
+  out = _run(prep.concat_and_chunk, docs, {'targets': 16})
   stream = np.concatenate([np.append(d, EOS) for d in docs])  # 63 tokens
   np.testing.assert_array_equal(np.concatenate([x['targets'] for x in out]),
                                 stream)
@@ -177,7 +179,8 @@ def _masking_stats(fn, seed=0):
 
 
 def test_mlm_masks_15_percent_80_10_10():
-  selected, masked, randomized, kept = _masking_stats(prep.mlm)
+  selected, masked, randomized, kept = _masking_stats(functools.partial(
+      prep.mask_tokens, select_rate=0.15, mask_rate=0.8, random_rate=0.1))
   print(f'mlm: selected {selected:.4f}, [MASK] {masked:.4f}, random '
         f'{randomized:.4f}, kept {kept:.4f}')
   assert abs(selected - 0.15) <= 0.005
@@ -187,7 +190,8 @@ def test_mlm_masks_15_percent_80_10_10():
 
 
 def test_electra_masks_15_percent_85_15():
-  selected, masked, randomized, kept = _masking_stats(prep.electra_mask)
+  selected, masked, randomized, kept = _masking_stats(functools.partial(
+      prep.mask_tokens, select_rate=0.15, mask_rate=0.85, random_rate=0.0))
   print(f'electra: selected {selected:.4f}, [MASK] {masked:.4f}, kept '
         f'{kept:.4f}')
   assert abs(selected - 0.15) <= 0.005
@@ -201,10 +205,10 @@ def test_electra_masks_15_percent_85_15():
 
 def test_glm_round_trip_2d_positions_and_span_statistics():
   total = 160
-  raw_len = prep.glm_raw_length(total)
+  raw_len = prep.infilling_raw_length(total)
   docs = _docs([raw_len] * 300)
-  out = _run(prep.glm_blank_infilling, docs, {'targets': total}, seed=11)
-  start = vocabularies.glm_start_id(VOCAB)
+  out = _run(prep.blank_infilling, docs, {'targets': total}, seed=11)
+  start = vocabularies.span_start_id(VOCAB)
   assert len(out) == 300
   covered = span_tokens = num_spans = 0
   for ex, raw in zip(out, docs):
@@ -256,7 +260,7 @@ def test_masked_lm_converter_packs_loss_weights_intact():
   ex = [{'inputs': [MASK, 7, 8, 1], 'targets': [5, 7, 8, 1],
          'loss_weights': [1, 0, 0, 0]},
         {'inputs': [9, MASK, 1], 'targets': [9, 6, 1], 'loss_weights': [0, 1, 0]}]
-  conv = feature_converters.MaskedLMFeatureConverter(pack=True)
+  conv = feature_converters.MaskedTokensFeatureConverter(pack=True)
   out = next(conv(_from_examples(ex), {'inputs': 8, 'targets': 8})
              .as_numpy_iterator())
   np.testing.assert_array_equal(out['encoder_input_tokens'],
@@ -275,7 +279,7 @@ def test_glm_converter_packs_2d_positions_intact():
   one = {'inputs': [10, MASK, 12, 4097, 11], 'targets': [0, 0, 0, 11, 1],
          'loss_weights': [0, 0, 0, 1, 1], 'causal_attention': [1, 1, 1, 0, 0],
          'position_ids': [0, 1, 2, 1, 1], 'block_position_ids': [0, 0, 0, 1, 2]}
-  conv = feature_converters.GLMFeatureConverter(pack=True)
+  conv = feature_converters.BlankInfillingFeatureConverter(pack=True)
   out = next(conv(_from_examples([one, one]), {'targets': 12})
              .as_numpy_iterator())
   pad = [0, 0]

@@ -33,9 +33,10 @@ BUILT = corpora.is_built('shakespeare') and os.path.exists(corpora.vocab_path())
 needs_data = pytest.mark.skipif(
     not BUILT, reason=f'corpora not built in {corpora.data_dir()}: run '
     '`make data` (python -m data.build)')
-ARCH = {'text_to_text': 'encoder_decoder', 'causal_lm': 'decoder_only',
-        'glm': 'decoder_only', 'masked_lm': 'encoder_only',
-        'classification': 'encoder_only'}
+# feature layout -> the arch its built-in tasks train
+ARCH = {'inputs_targets': 'encoder_decoder', 'targets': 'decoder_only',
+        'blank_infilling': 'decoder_only', 'masked_tokens': 'encoder_only',
+        'pooled_label': 'encoder_only'}
 
 
 def _config(name, inputs=128, targets=32, arch=None, **task):
@@ -44,7 +45,7 @@ def _config(name, inputs=128, targets=32, arch=None, **task):
   c.task.feature_lengths.inputs = inputs
   c.task.feature_lengths.targets = targets
   c.task.shuffle_buffer_size = 256  # small: the first batch comes fast
-  c.model.arch = arch or ARCH[tasks.objective_of(name)]
+  c.model.arch = arch or ARCH[tasks.layout_of(name)]
   for k, v in task.items():
     c.task[k] = v
   return c
@@ -148,10 +149,10 @@ def test_every_task_and_mixture_yields_converted_batches(
     name, t5_tasks_on_corpus_vocab):
   del t5_tasks_on_corpus_vocab
   cfg = _config(name, shuffle=False)
-  kind = tasks.objective_of(name)
-  length = {'text_to_text': 128, 'causal_lm': 160, 'glm': 160,
-            'masked_lm': 128, 'classification': 128}[kind]
-  if kind == 'text_to_text':
+  kind = tasks.layout_of(name)
+  length = {'inputs_targets': 128, 'targets': 160, 'blank_infilling': 160,
+            'masked_tokens': 128, 'pooled_label': 128}[kind]
+  if kind == 'inputs_targets':
     length = None  # inputs 128, targets 32: checked per feature below
   with tfds.testing.mock_data(num_examples=16), mock.patch.object(
       seqio.TfdsDataSource, 'num_input_examples', lambda self, split: None):

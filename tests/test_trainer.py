@@ -15,8 +15,8 @@ import pytest
 
 from configs import default
 from configs import models as sizes
-from t5x_lite import flops
 from t5x_lite import models
+from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import trainer
@@ -83,7 +83,7 @@ def _model(config):
   # One model per model config: it memoises its abstract params (a trace).
   key = config.model.to_json()
   if key not in _MODELS:
-    _MODELS[key] = models.from_config(config)
+    _MODELS[key] = objectives.build_model(config)
   return _MODELS[key]
 
 
@@ -142,6 +142,7 @@ def _max_diff(a, b):
       a, b)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('opt', ['adafactor', 'adamw'])
 @pytest.mark.parametrize('mesh_name', ['data8', 'fsdp8', 'd2f2t2'])
 def test_mesh_parity_with_one_device(runs, opt, mesh_name):
@@ -294,34 +295,52 @@ def test_eval_and_score_steps_agree_with_training_loss(runs):
                                        rel=1e-5)
 
 
+@pytest.mark.parametrize('mesh_name', ['fsdp8', 'd2f2t2'])
+def test_abstract_params_are_the_train_states_params(mesh_name):
+  """What eval/infer restore params into (trainer.abstract_params) is what
+  training places them by: the same shapes, dtypes and shardings."""
+  c = _config(mesh=MESHES[mesh_name])
+  model = _model(c)
+  tx, _ = optimizers.make_optimizer(c)
+  mesh = partitioning.make_mesh(c.mesh)
+  abstract, shardings = trainer.abstract_params(model, c, mesh)
+  state, state_shardings = trainer.abstract_train_state(model, tx, c, mesh)
+  assert jax.tree.structure(abstract) == jax.tree.structure(state.params)
+  for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state.params)):
+    assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
+  assert jax.tree.leaves(shardings) == jax.tree.leaves(state_shardings.params)
+  specs = {tuple(s.spec) for s in jax.tree.leaves(shardings)}
+  assert any(spec and spec != (None,) * len(spec) for spec in specs), specs
+
+
 def test_model_flops_match_the_shared_formula():
   c = sizes.apply_size(default.get_config(), 'base')
   c.train.batch_size = 128
   c.task.feature_lengths = dict(inputs=512, targets=114)
-  # /work/shared/bench/t5flops.py: t5_step_flops(128, 512, 114) (T5.1.1 base).
-  assert flops.model_flops_per_step(c) == 54520858017792
+  # The shared T5 FLOPs reference: t5_step_flops(128, 512, 114) (T5.1.1 base).
+  assert objectives.flops_per_step(c) == 54520858017792
   c = _config()
   c.model.num_encoder_layers = c.model.num_decoder_layers = 2
   # t5_step_flops(8, 16, 16, 64, 128, 4, 16, 2, 2, vocab=128)
-  assert flops.model_flops_per_step(c) == 166723584
+  assert objectives.flops_per_step(c) == 166723584
   c.model.arch = 'decoder_only'
   # len 32: 3*2*[256*2*(4*64*64 + 3*64*128) + 256*2*2*32*64 + 256*64*128]
-  assert flops.model_flops_per_step(c) == 3 * 2 * (
+  assert objectives.flops_per_step(c) == 3 * 2 * (
       256 * 2 * (4 * 64 * 64 + 3 * 64 * 128) + 256 * 2 * 2 * 32 * 64 +
       256 * 64 * 128)
 
 
 @pytest.mark.parametrize('size,objective', [
-    ('decoder_tiny', 'auto'), ('encoder_tiny', 'auto'),
-    ('encoder_tiny', 'classify')])
+    ('decoder_tiny', ''), ('encoder_tiny', ''),
+    ('encoder_tiny', 'classification')])
 def test_every_arch_binds_its_features(size, objective):
   """Shapes only (jax.eval_shape): each model's batch reaches its network and
   its loss; prefix-LM's decoder_causal_attention is passed through."""
   c = sizes.apply_size(default.get_config(), size)
   c.model.vocab_size = VOCAB
-  c.model.objective = objective
+  c.objective.name = objective
   c.task.feature_lengths = dict(inputs=LEN, targets=LEN)
-  model = models.from_config(c)
+  model = objectives.build_model(c)
   shapes = model.input_shapes(c.task.feature_lengths, BATCH)
   if size == 'decoder_tiny':
     assert shapes['decoder_input_tokens'].shape == (BATCH, 2 * LEN)

@@ -14,7 +14,9 @@ A params-only checkpoint CKPT/ is an `ocp.StandardCheckpointer` directory of
 the tree {'params': params} (fp32, scanned or unrolled layout) plus
 CKPT/config.json: the full config (configs/default.py with the model fields
 of the checkpoint). `save_params_checkpoint` / `load_params_checkpoint` write
-and read it; `config.checkpoint.restore_from` can point at it.
+and read it through checkpoints.save_params_only / read_params_only_config /
+restore_params (the one place that knows the layout);
+`config.checkpoint.restore_from` can point at it.
 
 Nothing here imports torch unless a pytorch_model.bin is read.
 """
@@ -28,6 +30,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
 from t5x_lite import network
 
@@ -333,11 +336,6 @@ def config_with_model(model_fields: Mapping[str, Any],
   return c
 
 
-def _config_to_json(config) -> str:
-  return json.dumps(config.to_dict(), indent=2, sort_keys=True,
-                    default=lambda o: list(o) if isinstance(o, tuple) else o)
-
-
 def _tuples(x):
   if isinstance(x, dict):
     return {k: _tuples(v) for k, v in x.items()}
@@ -346,39 +344,27 @@ def _tuples(x):
   return x
 
 
-def _config_from_json(text: str) -> ml_collections.ConfigDict:
-  """Inverse of _config_to_json: JSON lists back to the schema's tuples
-  (mlp_activations, mesh.rules) so validation and ModelConfig agree."""
-  return ml_collections.ConfigDict(_tuples(json.loads(text)))
-
-
 def save_params_checkpoint(ckpt_dir: str, params: Params, config) -> None:
-  """CKPT/ = StandardCheckpointer({'params': params}) + CKPT/config.json."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(ckpt_dir)
-  if os.path.exists(path):
-    raise FileExistsError(f'{path} exists; pick a new --out directory.')
-  tree = {'params': jax.tree_util.tree_map(np.asarray, _plain(params))}
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(path, tree)
-    ckptr.wait_until_finished()
-  with open(os.path.join(path, 'config.json'), 'w') as f:
-    f.write(_config_to_json(config))
+  """CKPT/ = StandardCheckpointer({'params': params}) + CKPT/config.json
+  (checkpoints.save_params_only; CKPT must not exist)."""
+  checkpoints.save_params_only(ckpt_dir, _plain(params), config.to_dict())
 
 
 def load_params_checkpoint(ckpt_dir: str
                            ) -> Tuple[ml_collections.ConfigDict, Params]:
-  """(config, params as numpy) from a params-only checkpoint directory."""
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  path = os.path.abspath(ckpt_dir)
-  with open(os.path.join(path, 'config.json')) as f:
-    config = _config_from_json(f.read())
-  with ocp.StandardCheckpointer() as ckptr:
-    meta = ckptr.metadata(path).item_metadata.tree
-    target = jax.tree_util.tree_map(lambda x: np.zeros(x.shape, x.dtype),
-                                    meta)
-    restored = ckptr.restore(path, target)
-  return config, restored['params']
+  """(config, params as numpy) from a params-only checkpoint directory.
+
+  JSON lists come back as the schema's tuples (mlp_activations, mesh.rules),
+  so validation and ModelConfig agree.
+  """
+  stored = checkpoints.read_params_only_config(ckpt_dir)
+  if not stored:
+    raise FileNotFoundError(
+        f'{os.path.abspath(ckpt_dir)} has no config.json; export needs the '
+        'model fields: import the checkpoint with `python -m '
+        't5x_lite.interop.hf import`, or write its config.json by hand.')
+  config = ml_collections.ConfigDict(_tuples(stored))
+  return config, checkpoints.restore_params(ckpt_dir)
 
 
 # ---- CLI ---------------------------------------------------------------------

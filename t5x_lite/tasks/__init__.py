@@ -10,12 +10,13 @@ a dataset is built). Public API:
   feature_converter_for(config, pack=None), task_feature_lengths(config)
                               -> what seqio.get_dataset / seqio.Evaluator need
   registered_names(), get_task_or_mixture(name), get_vocabulary(name),
-  objective_of(name)
+  objective_of(name), layout_of(name), resolve_objective(config)
   register_text_to_text(name, source, prefix, *, metric_fns=(),
                         postprocess_fn=None, output_features=None, ...)
+  register_pretraining(name, source, objective, *, vocabulary=None)
   register_task(...), register_mixture(name, [(task, rate), ...])
   use_t5_vocabulary(path)     -> re-register the TFDS tasks with `path`
-  modules: preprocessors (objectives), vocabularies, feature_converters,
+  modules: preprocessors (the objectives' ops), vocabularies, feature_converters,
            metrics, postprocessors, corpora (data layout)
 """
 import tensorflow as tf
@@ -42,11 +43,14 @@ from t5x_lite.tasks.dataset import get_tf_dataset
 from t5x_lite.tasks.dataset import task_feature_lengths
 from t5x_lite.tasks.registry import get_task_or_mixture
 from t5x_lite.tasks.registry import get_vocabulary
+from t5x_lite.tasks.registry import layout_of
 from t5x_lite.tasks.registry import objective_of
+from t5x_lite.tasks.registry import register_pretraining
 from t5x_lite.tasks.registry import register_mixture
 from t5x_lite.tasks.registry import register_task
 from t5x_lite.tasks.registry import register_text_to_text
 from t5x_lite.tasks.registry import registered_names
+from t5x_lite.tasks.registry import resolve_objective
 from t5x_lite.tasks.tfds_tasks import use_t5_vocabulary
 
 builtin.register_all()

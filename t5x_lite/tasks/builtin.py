@@ -4,12 +4,13 @@ Registration needs no data: sources and the vocabulary check for their files
 only when a dataset is built, and then fail with "run `make data`".
 translate_en_de is registered only when its corpus was built.
 
-  shakespeare_span_corruption  T5 span corruption        (text_to_text)
-  shakespeare_prefix_lm        T5 prefix LM              (text_to_text)
-  shakespeare_causal_lm        full causal LM            (causal_lm)
-  shakespeare_mlm              BERT MLM 80/10/10         (masked_lm)
-  shakespeare_electra          ELECTRA masking 85/15     (masked_lm)
-  shakespeare_glm              GLM blank infilling       (glm)
+Task                         what it trains          (objective; its layout)
+  shakespeare_span_corruption  T5 span corruption      (span_corruption; inputs_targets)
+  shakespeare_prefix_lm        T5 prefix LM            (prefix_lm; inputs_targets)
+  shakespeare_causal_lm        full causal LM          (causal_lm; targets)
+  shakespeare_mlm              BERT MLM 80/10/10       (mlm; masked_tokens)
+  shakespeare_electra          ELECTRA masking 85/15   (electra; masked_tokens)
+  shakespeare_glm              GLM blank infilling     (glm; blank_infilling)
   sentiment                    "sentiment: <snippet>" -> fresh | rotten
   sentiment_classification     the same as label 0 rotten / 1 fresh
   next_line                    "next line: <line>" -> the next line
@@ -61,29 +62,12 @@ def examples_rate(task):
   return min(task.num_input_examples('train') or 1, MIXTURE_RATE_CAP)
 
 
-def _prose_task(name, objective, preprocessors, output_features):
-  vocab = vocabularies.default_vocabulary()
-  return registry.register_task(
-      name, CorpusSource('shakespeare'),
-      [prep.line_to_targets, seqio.preprocessors.tokenize,
-       seqio.CacheDatasetPlaceholder()] + preprocessors,
-      output_features(vocab), objective=objective)
-
-
 def register_all():
   """(Re)registers every built-in task and the mixture."""
-  feats = vocabularies.output_features
-  eos_after = seqio.preprocessors.append_eos_after_trim
-  _prose_task('shakespeare_span_corruption', 'text_to_text',
-              [prep.span_corruption, eos_after], feats)
-  _prose_task('shakespeare_prefix_lm', 'text_to_text',
-              [prep.prefix_lm, eos_after], feats)
-  _prose_task('shakespeare_causal_lm', 'causal_lm', [prep.causal_lm],
-              lambda v: feats(v, add_eos=False, keys=('targets',)))
-  _prose_task('shakespeare_mlm', 'masked_lm', [prep.mlm], feats)
-  _prose_task('shakespeare_electra', 'masked_lm', [prep.electra_mask], feats)
-  _prose_task('shakespeare_glm', 'glm', [prep.glm_blank_infilling],
-              lambda v: feats(v, add_eos=False, keys=('targets',)))
+  for objective in ('span_corruption', 'prefix_lm', 'causal_lm', 'mlm',
+                    'electra', 'glm'):
+    registry.register_pretraining(f'shakespeare_{objective}',
+                                  CorpusSource('shakespeare'), objective)
 
   registry.register_text_to_text(
       'sentiment', CorpusSource('sentiment'), 'sentiment: ',

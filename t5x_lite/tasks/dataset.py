@@ -2,7 +2,7 @@
 
 get_dataset(config, split, batch_size=...) builds, for config.task.name:
   task/mixture (seqio, seeded) -> feature converter for config.model.arch and
-  the task's objective (packing per config.task.pack) -> batch with
+  the feature layout of the task's objective (packing per config.task.pack) -> batch with
   drop_remainder -> skip `skip_batches` -> numpy dicts.
 A given (config, split, seed, shard) yields the same batches every time, so
 resuming at batch N is `skip_batches=N`.
@@ -10,6 +10,8 @@ resuming at batch N is `skip_batches=N`.
 import seqio
 import tensorflow as tf
 
+from t5x_lite import lengths
+from t5x_lite import objectives
 from t5x_lite.tasks import feature_converters
 from t5x_lite.tasks import registry
 
@@ -20,16 +22,16 @@ def feature_converter_for(config, pack=None) -> seqio.FeatureConverter:
   pack: None follows config.task.pack; evaluation passes pack=False.
   """
   name = config.task.name
-  return feature_converters.for_objective(
-      registry.objective_of(name), config.model.arch,
-      config.task.pack if pack is None else pack, name)
+  obj = objectives.get(registry.objective_of(name))
+  return feature_converters.for_layout(
+      obj.layout, config.model.arch,
+      config.task.pack if pack is None else pack, name, obj.archs)
 
 
 def task_feature_lengths(config):
-  """seqio task_feature_lengths for the task's objective (see converters)."""
-  return feature_converters.task_lengths(
-      registry.objective_of(config.task.name),
-      dict(config.task.feature_lengths))
+  """seqio task_feature_lengths of the task's layout (t5x_lite/lengths.py)."""
+  return lengths.task_lengths(registry.layout_of(config.task.name),
+                              config.task.feature_lengths)
 
 
 def get_tf_dataset(config, split, *, batch_size, shard_id=0, num_shards=1,

@@ -11,7 +11,7 @@ from absl import logging
 import numpy as np
 import seqio
 
-from t5x_lite.evaluation import pad_rows
+from t5x_lite.batches import pad_rows
 from t5x_lite.tasks import dataset
 
 # features [batch, ...] (numpy, padded to a full batch) -> per-row results

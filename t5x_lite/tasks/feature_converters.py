@@ -1,20 +1,18 @@
-"""Feature converters: seqio's where they fit, ours where seqio has none.
+"""Feature converters, by feature layout: seqio's where they fit, ours where
+seqio has none.
 
-objective kind      encoder_decoder        decoder_only              encoder_only
-text_to_text        EncDecFeatureConverter PrefixLMFeatureConverter  -
-causal_lm           -                      LMFeatureConverter        -
-masked_lm           -                      -                         MaskedLMFeatureConverter
-glm                 -                      GLMFeatureConverter       -
-classification      -                      -                         ClassificationFeatureConverter
+feature layout    encoder_decoder        decoder_only              encoder_only
+inputs_targets    EncDecFeatureConverter PrefixLMFeatureConverter  -
+targets           -                      LMFeatureConverter        -
+masked_tokens     -                      -                         MaskedTokensFeatureConverter
+blank_infilling   -                      BlankInfillingFeatureConverter  -
+pooled_label      -                      -                         PooledLabelFeatureConverter
 
-Ours: seqio's EncoderFeatureConverter weights the loss only where the input
-is [MASK], which drops BERT's random/kept positions; GLM needs its 2D
-positions and its own causal split; a pooled classifier needs a scalar label.
-
-Task lengths from config.task.feature_lengths {inputs: I, targets: T}:
-text_to_text uses both (a decoder-only row is I + T long, as seqio's
-PrefixLM converter makes it); causal_lm and glm one sequence of I + T;
-masked_lm and classification the encoder length I.
+A task's layout is its objective's (t5x_lite/objectives/); the lengths each
+layout takes are t5x_lite/lengths.py's. Ours: seqio's EncoderFeatureConverter
+weights the loss only where the input is [MASK], which drops BERT's
+random/kept positions; blank infilling (GLM) needs its 2D positions and its
+own causal split; a pooled classifier needs a scalar label.
 """
 import seqio
 import tensorflow as tf
@@ -22,15 +20,6 @@ import tensorflow as tf
 from t5x_lite.tasks.preprocessors import graph_fn
 
 FeatureSpec = seqio.FeatureConverter.FeatureSpec
-OBJECTIVE_KINDS = ('text_to_text', 'causal_lm', 'masked_lm', 'glm',
-                   'classification')
-_ARCH_FOR_KIND = {
-    'text_to_text': ('encoder_decoder', 'decoder_only'),
-    'causal_lm': ('decoder_only',),
-    'masked_lm': ('encoder_only',),
-    'glm': ('decoder_only',),
-    'classification': ('encoder_only',),
-}
 
 
 def _pack_or_pad_nonzero(converter, ds, lengths, shifted_keys):
@@ -55,8 +44,8 @@ def _pack_or_pad_nonzero(converter, ds, lengths, shifted_keys):
   return ds.map(lambda x: _shift(x, -1), num_parallel_calls=tf.data.AUTOTUNE)
 
 
-class MaskedLMFeatureConverter(seqio.FeatureConverter):
-  """BERT MLM / ELECTRA: loss on every selected position (`loss_weights`).
+class MaskedTokensFeatureConverter(seqio.FeatureConverter):
+  """Masked tokens (BERT, ELECTRA): loss on every selected position.
 
   Task features: inputs (masked), targets (original), loss_weights, all the
   same length. Model features: encoder_input_tokens, encoder_target_tokens,
@@ -79,8 +68,8 @@ class MaskedLMFeatureConverter(seqio.FeatureConverter):
   def _convert_features(self, ds, task_feature_lengths):
     length = task_feature_lengths['inputs']
     if 'loss_weights' not in ds.element_spec:
-      raise ValueError('MaskedLMFeatureConverter needs the `loss_weights` '
-                       'feature from the mlm/electra_mask preprocessors.')
+      raise ValueError('MaskedTokensFeatureConverter needs the `loss_weights` '
+                       'feature of the mask_tokens preprocessor.')
     ds = _pack_or_pad_nonzero(
         self, ds, {'inputs': length, 'targets': length, 'loss_weights': length},
         shifted_keys=('loss_weights',))
@@ -104,12 +93,12 @@ class MaskedLMFeatureConverter(seqio.FeatureConverter):
     return {k: length for k in keys}
 
 
-GLM_FEATURES = ('inputs', 'targets', 'loss_weights', 'causal_attention',
+INFILLING_FEATURES = ('inputs', 'targets', 'loss_weights', 'causal_attention',
                 'position_ids', 'block_position_ids')
 
 
-class GLMFeatureConverter(seqio.FeatureConverter):
-  """GLM blank infilling for a decoder-only model (no shifting: the
+class BlankInfillingFeatureConverter(seqio.FeatureConverter):
+  """Blank infilling (GLM) for a decoder-only model (no shifting: the
   preprocessor already aligned inputs and targets).
 
   Model features: decoder_input_tokens, decoder_target_tokens,
@@ -131,13 +120,13 @@ class GLMFeatureConverter(seqio.FeatureConverter):
 
   def _convert_features(self, ds, task_feature_lengths):
     length = task_feature_lengths['targets']
-    missing = [k for k in GLM_FEATURES if k not in ds.element_spec]
+    missing = [k for k in INFILLING_FEATURES if k not in ds.element_spec]
     if missing:
-      raise ValueError(f'GLMFeatureConverter needs {missing} from the '
-                       'glm_blank_infilling preprocessor.')
+      raise ValueError(f'BlankInfillingFeatureConverter needs {missing} from '
+                       'the blank_infilling preprocessor.')
     ds = _pack_or_pad_nonzero(
-        self, ds, {k: length for k in GLM_FEATURES},
-        shifted_keys=GLM_FEATURES[1:])
+        self, ds, {k: length for k in INFILLING_FEATURES},
+        shifted_keys=INFILLING_FEATURES[1:])
 
     @graph_fn
     def _convert(x):
@@ -160,7 +149,7 @@ class GLMFeatureConverter(seqio.FeatureConverter):
     return {k: length for k in keys}
 
 
-class ClassificationFeatureConverter(seqio.FeatureConverter):
+class PooledLabelFeatureConverter(seqio.FeatureConverter):
   """Pooled classification: encoder_input_tokens [L] and an int `label` [].
 
   Never packs: a pooled first-token classifier reads one example per row.
@@ -178,7 +167,7 @@ class ClassificationFeatureConverter(seqio.FeatureConverter):
 
   def _convert_features(self, ds, task_feature_lengths):
     if 'label' not in ds.element_spec:
-      raise ValueError('ClassificationFeatureConverter needs an int32 '
+      raise ValueError('PooledLabelFeatureConverter needs an int32 '
                        '`label` feature.')
     ds = seqio.utils.trim_and_pad_dataset(
         ds, {'inputs': task_feature_lengths['inputs']})
@@ -190,41 +179,32 @@ class ClassificationFeatureConverter(seqio.FeatureConverter):
     return {'encoder_input_tokens': task_feature_lengths['inputs'], 'label': 1}
 
 
-def check_arch(kind, arch, name):
-  """Raises ValueError naming the arch(s) that fit objective `kind`."""
-  if kind not in _ARCH_FOR_KIND:
-    raise ValueError(f'Unknown objective kind {kind!r}; one of '
-                     f'{", ".join(OBJECTIVE_KINDS)}.')
-  fits = _ARCH_FOR_KIND[kind]
+# layout -> {arch: converter class}
+CONVERTERS = {
+    'inputs_targets': {'encoder_decoder': seqio.EncDecFeatureConverter,
+                       'decoder_only': seqio.PrefixLMFeatureConverter},
+    'targets': {'decoder_only': seqio.LMFeatureConverter},
+    'masked_tokens': {'encoder_only': MaskedTokensFeatureConverter},
+    'blank_infilling': {'decoder_only': BlankInfillingFeatureConverter},
+    'pooled_label': {'encoder_only': PooledLabelFeatureConverter},
+}
+
+
+def check_arch(layout, arch, name, archs=None):
+  """Raises ValueError naming the arch(s) that fit: those of the task's
+  objective (`archs`) that have a converter for `layout`."""
+  if layout not in CONVERTERS:
+    raise ValueError(f'Unknown feature layout {layout!r}; one of '
+                     f'{", ".join(CONVERTERS)}.')
+  fits = [a for a in (archs or CONVERTERS[layout]) if a in CONVERTERS[layout]]
   if arch not in fits:
     raise ValueError(
-        f'Task {name!r} ({kind}) does not fit model.arch={arch!r}; set '
-        f'--config.model.arch={fits[0]}'
+        f'Task {name!r} ({layout} batches) does not fit model.arch={arch!r}; '
+        f'set --config.model.arch={fits[0]}'
         + (f' (or {fits[1]})' if len(fits) > 1 else '') + '.')
 
 
-def for_objective(kind, arch, pack=True, name='?'):
-  """The feature converter for objective `kind` on model `arch`."""
-  check_arch(kind, arch, name)
-  if kind == 'text_to_text':
-    if arch == 'encoder_decoder':
-      return seqio.EncDecFeatureConverter(pack=pack)
-    return seqio.PrefixLMFeatureConverter(pack=pack)
-  return {
-      'causal_lm': seqio.LMFeatureConverter,
-      'masked_lm': MaskedLMFeatureConverter,
-      'glm': GLMFeatureConverter,
-      'classification': ClassificationFeatureConverter,
-  }[kind](pack=pack)
-
-
-def task_lengths(kind, feature_lengths):
-  """seqio task_feature_lengths for objective `kind` (see module doc)."""
-  inputs, targets = feature_lengths['inputs'], feature_lengths['targets']
-  if kind == 'text_to_text':
-    return {'inputs': inputs, 'targets': targets}
-  if kind in ('causal_lm', 'glm'):
-    return {'targets': inputs + targets}
-  if kind == 'masked_lm':
-    return {'inputs': inputs, 'targets': inputs}
-  return {'inputs': inputs}
+def for_layout(layout, arch, pack=True, name='?', archs=None):
+  """The feature converter for `layout` batches on model `arch`."""
+  check_arch(layout, arch, name, archs)
+  return CONVERTERS[layout][arch](pack=pack)

@@ -1,21 +1,25 @@
-"""Pretraining objectives as seqio preprocessors (written here, not from `t5`).
+"""The pretraining objectives' seqio ops (written here, not from `t5`).
 
 Every random choice uses stateless ops on seeds from
 `seqio.map_over_dataset(num_seeds=...)`, so a pipeline built with a seed
 (seqio's `map_seed_manager`, which `get_dataset(seed=...)` sets) is
 reproducible example for example.
 
-Objectives (each takes `sequence_length` and `output_features` from seqio):
-  span_corruption   T5: 15% noise in spans of mean 3, unique sentinels
-                    counting down from vocab_size - 1, EOS on both sides.
-  prefix_lm         T5 prefix LM: a random split of a chunk, inputs|targets.
-  causal_lm         full causal LM: EOS after each document, fixed chunks.
-  mlm               BERT: 15% selected; 80% [MASK], 10% random, 10% kept.
-  electra_mask      ELECTRA input masking: 15% selected; 85% [MASK], 15%
-                    kept (the generator samples replacements in the model).
-  glm_blank_infilling  GLM: Poisson(3) spans up to 15% of tokens; part A with
-                    [MASK]s (bidirectional), part B the shuffled spans each
-                    after a start token (causal), 2D positions.
+Ops, named for what they do; each objective module (t5x_lite/objectives/)
+picks its ops and their rates (each takes `sequence_length` and
+`output_features` from seqio):
+  denoise_spans        T5 span corruption: noise in spans (mean length 3 at
+                       15%), unique sentinels counting down from
+                       vocab_size - 1, EOS on both sides.
+  random_prefix_split  T5 prefix LM: a random split of a chunk,
+                       inputs|targets.
+  concat_and_chunk     full causal LM: EOS after each document, fixed chunks.
+  mask_tokens          BERT/ELECTRA input masking: a share of positions
+                       selected; of those some [MASK], some random, the rest
+                       kept (BERT 80/10/10, ELECTRA 85/0/15).
+  blank_infilling      GLM: Poisson(3) spans up to 15% of tokens; part A with
+                       [MASK]s (bidirectional), part B the shuffled spans each
+                       after a start token (causal), 2D positions.
 The [MASK]/[CLS]/[S] ids are in t5x_lite/tasks/vocabularies.py.
 """
 import seqio
@@ -51,7 +55,8 @@ def parse_tsv(dataset, field_names):
   return dataset.map(_parse, num_parallel_calls=AUTOTUNE)
 
 
-def text_to_text(dataset, prefix, input_key='inputs', target_key='targets'):
+def to_inputs_and_targets(dataset, prefix, input_key='inputs',
+                          target_key='targets'):
   """{'inputs': prefix + x[input_key], 'targets': x[target_key]}."""
 
   @graph_fn
@@ -141,7 +146,8 @@ def split_tokens(dataset, max_tokens_per_segment, feature_key='targets',
   return dataset
 
 
-def _concat_and_split(dataset, length, min_tokens=1):
+def concat_and_split(dataset, length, min_tokens=1):
+  """Documents' 'targets' joined, then cut into `length`-token chunks."""
   return split_tokens(reduce_concat_tokens(dataset), length,
                       min_tokens=min_tokens)
 
@@ -247,7 +253,7 @@ def _require_lengths(sequence_length, keys, objective):
         f'(got {sequence_length}); pass task_feature_lengths to get_dataset.')
 
 
-def span_corruption(dataset, sequence_length, output_features,
+def denoise_spans(dataset, sequence_length, output_features,
                     noise_density=0.15, mean_noise_span_length=3.0):
   """T5 span corruption: concat, split to the helper's raw length, denoise.
 
@@ -255,7 +261,7 @@ def span_corruption(dataset, sequence_length, output_features,
   sides). Raises if the targets length cannot hold the corrupted spans,
   naming the length that would.
   """
-  _require_lengths(sequence_length, ('inputs', 'targets'), 'span_corruption')
+  _require_lengths(sequence_length, ('inputs', 'targets'), 'denoise_spans')
   inputs_length = sequence_length['inputs']
   tokens_length, targets_length = random_spans_helper(
       inputs_length, noise_density, mean_noise_span_length)
@@ -277,13 +283,13 @@ def span_corruption(dataset, sequence_length, output_features,
     return {'inputs': noise_span_to_unique_sentinel(tokens, mask, vocab),
             'targets': nonnoise_span_to_unique_sentinel(tokens, mask, vocab)}
 
-  return _denoise(_concat_and_split(dataset, tokens_length))
+  return _denoise(concat_and_split(dataset, tokens_length))
 
 
-# ---- prefix LM and causal LM -----------------------------------------------------
+# ---- prefix split and fixed chunks -------------------------------------------------
 
 
-def prefix_lm(dataset, sequence_length, output_features):
+def random_prefix_split(dataset, sequence_length, output_features):
   """Chunks of inputs_length-1 tokens split at a uniformly random point.
 
   inputs = the prefix, targets = the rest (at most targets_length-1 tokens,
@@ -292,7 +298,8 @@ def prefix_lm(dataset, sequence_length, output_features):
   uniform over the chunk).
   """
   del output_features
-  _require_lengths(sequence_length, ('inputs', 'targets'), 'prefix_lm')
+  _require_lengths(sequence_length, ('inputs', 'targets'),
+                   'random_prefix_split')
   chunk = sequence_length['inputs'] - 1
   max_suffix = sequence_length['targets'] - 1
 
@@ -306,20 +313,20 @@ def prefix_lm(dataset, sequence_length, output_features):
                                     dtype=tf.int32)
     return {'inputs': tokens[:k], 'targets': tokens[k:]}
 
-  return _split(_concat_and_split(dataset, chunk, min_tokens=2))
+  return _split(concat_and_split(dataset, chunk, min_tokens=2))
 
 
-def causal_lm(dataset, sequence_length, output_features):
+def concat_and_chunk(dataset, sequence_length, output_features):
   """Full causal LM: EOS after every document, then fixed-length chunks."""
-  _require_lengths(sequence_length, ('targets',), 'causal_lm')
+  _require_lengths(sequence_length, ('targets',), 'concat_and_chunk')
   eos = output_features['targets'].vocabulary.eos_id
   dataset = dataset.map(
       lambda x: {'targets': tf.concat([x['targets'], [eos]], 0)},
       num_parallel_calls=AUTOTUNE)
-  return _concat_and_split(dataset, sequence_length['targets'], min_tokens=2)
+  return concat_and_split(dataset, sequence_length['targets'], min_tokens=2)
 
 
-# ---- BERT MLM and ELECTRA masking ----------------------------------------------------
+# ---- masked tokens (BERT, ELECTRA) -------------------------------------------------
 
 
 def _select(length, rate, seed):
@@ -331,9 +338,13 @@ def _select(length, rate, seed):
                        [length]) > 0
 
 
-def _masked_lm(dataset, sequence_length, output_features, select_rate,
-               mask_rate, random_rate, name):
-  _require_lengths(sequence_length, ('inputs',), name)
+def mask_tokens(dataset, sequence_length, output_features, select_rate=0.15,
+                mask_rate=0.8, random_rate=0.1):
+  """A `select_rate` share of positions selected (loss_weights=1); of those
+  `mask_rate` become [MASK], `random_rate` a random regular token, the rest
+  stay. targets = the original tokens. BERT: 0.15 / 0.8 / 0.1; ELECTRA:
+  0.15 / 0.85 / 0 (its generator samples replacements inside the model)."""
+  _require_lengths(sequence_length, ('inputs',), 'mask_tokens')
   vocab = output_features['targets'].vocabulary
   mask, eos = vocabularies.mask_id(vocab), vocab.eos_id
   low, high = vocabularies.regular_id_range(vocab)
@@ -356,27 +367,15 @@ def _masked_lm(dataset, sequence_length, output_features, select_rate,
             'loss_weights': tf.concat([tf.cast(selected, tf.int32), [0]], 0)}
 
   # -1: room for the EOS, which is never selected.
-  return _mask(_concat_and_split(dataset, sequence_length['inputs'] - 1))
+  return _mask(concat_and_split(dataset, sequence_length['inputs'] - 1))
 
 
-def mlm(dataset, sequence_length, output_features, select_rate=0.15):
-  """BERT: 15% selected (loss_weights=1); of those 80% [MASK], 10% random,
-  10% unchanged. targets = the original tokens."""
-  return _masked_lm(dataset, sequence_length, output_features, select_rate,
-                    mask_rate=0.8, random_rate=0.1, name='mlm')
 
 
-def electra_mask(dataset, sequence_length, output_features, select_rate=0.15):
-  """ELECTRA: 15% selected; 85% [MASK], 15% unchanged. The generator's
-  samples replace the selected positions inside the model."""
-  return _masked_lm(dataset, sequence_length, output_features, select_rate,
-                    mask_rate=0.85, random_rate=0.0, name='electra_mask')
+# ---- blank infilling (GLM) ---------------------------------------------------------------
 
 
-# ---- GLM blank infilling ---------------------------------------------------------------
-
-
-def glm_raw_length(total_length, noise_density=0.15, poisson_lambda=3.0):
+def infilling_raw_length(total_length, noise_density=0.15, poisson_lambda=3.0):
   """Raw tokens per GLM example so that part A + part B usually fit.
 
   A + B = raw + 2 * spans (a [MASK] in A and an [S] in B per span); spans
@@ -386,7 +385,7 @@ def glm_raw_length(total_length, noise_density=0.15, poisson_lambda=3.0):
   return int(total_length / (1.0 + 1.5 * 2.0 * noise_density / poisson_lambda))
 
 
-def glm_blank_infilling(dataset, sequence_length, output_features,
+def blank_infilling(dataset, sequence_length, output_features,
                         noise_density=0.15, poisson_lambda=3.0):
   """GLM (Du et al. 2022) autoregressive blank infilling, one sequence.
 
@@ -401,12 +400,12 @@ def glm_blank_infilling(dataset, sequence_length, output_features,
     position_ids    part A: 0..|A|-1; part B: the position of its [MASK]
     block_position_ids  part A: 0; part B: 1..span length + 1
   """
-  _require_lengths(sequence_length, ('targets',), 'glm_blank_infilling')
+  _require_lengths(sequence_length, ('targets',), 'blank_infilling')
   total = sequence_length['targets']
-  raw = glm_raw_length(total, noise_density, poisson_lambda)
+  raw = infilling_raw_length(total, noise_density, poisson_lambda)
   vocab = output_features['targets'].vocabulary
   mask, start, eos = (vocabularies.mask_id(vocab),
-                      vocabularies.glm_start_id(vocab), vocab.eos_id)
+                      vocabularies.span_start_id(vocab), vocab.eos_id)
 
   @seqio.map_over_dataset(num_seeds=3)
   @graph_fn
@@ -463,4 +462,8 @@ def glm_blank_infilling(dataset, sequence_length, output_features,
             [zeros_a, tf.ragged.range(1, span_len + 2).flat_values], 0),
     }
 
-  return _infill(_concat_and_split(dataset, raw, min_tokens=2))
+  return _infill(concat_and_split(dataset, raw, min_tokens=2))
+
+
+# seqio's own step that ends a preprocessor chain with EOS (after trimming).
+append_eos_after_trim = seqio.preprocessors.append_eos_after_trim

@@ -1,9 +1,10 @@
 """Registering tasks and mixtures on seqio, and finding them again.
 
-Each task records its objective kind (text_to_text, causal_lm, masked_lm,
-glm, classification), which picks the feature converter for a model arch
-(feature_converters.py). A task registered straight on seqio by a user is
-text_to_text when it has inputs and targets, causal_lm when only targets.
+Each task records the objective it trains (t5x_lite/objectives/); the
+objective's feature layout picks the feature converter for a model arch
+(feature_converters.py). A task registered straight on seqio by a user
+trains `objectives.for_features(...)`: supervised text-to-text when it has
+inputs and targets, causal LM when only targets.
 """
 import difflib
 import functools
@@ -11,25 +12,27 @@ import functools
 import seqio
 import tensorflow as tf
 
-from t5x_lite.config import ConfigError
+from t5x_lite import objectives
+from t5x_lite.model_config import ConfigError
 from t5x_lite.tasks import corpora
 from t5x_lite.tasks import feature_converters
 from t5x_lite.tasks import preprocessors as prep
 from t5x_lite.tasks import vocabularies
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
-_OBJECTIVE = {}  # task name -> objective kind
+_OBJECTIVE = {}  # task name -> objective name
 # Optional built-ins: name -> corpus whose build decides whether it exists.
 OPTIONAL_TASKS = {'translate_en_de': 'translate_en_de'}
 
 
 def register_task(name, source, preprocessors, output_features, *,
-                  objective='text_to_text', metric_fns=(), postprocess_fn=None,
+                  objective=None, metric_fns=(), postprocess_fn=None,
                   shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER) -> seqio.Task:
-  """seqio.TaskRegistry.add plus the objective kind; re-registering replaces."""
-  if objective not in feature_converters.OBJECTIVE_KINDS:
-    raise ValueError(f'objective={objective!r}; use one of '
-                     f'{", ".join(feature_converters.OBJECTIVE_KINDS)}.')
+  """seqio.TaskRegistry.add plus the objective it trains (a registered
+  objective's name; None: objectives.for_features of its output features);
+  re-registering replaces."""
+  objective = (objectives.get(objective) if objective
+               else objectives.for_features(tuple(output_features))).name
   seqio.TaskRegistry.remove(name)
   task = seqio.TaskRegistry.add(
       name, source=source, preprocessors=list(preprocessors),
@@ -69,20 +72,46 @@ def register_text_to_text(name, source, prefix, *, metric_fns=(),
     shuffle_buffer_size: seqio's per-task shuffle buffer.
   """
   fields = tuple(field_names or (input_key, target_key))
+  objective = objectives.get(objectives.SUPERVISED)
   steps = list(preprocessors) + [
       functools.partial(_parse_lines, field_names=fields),
-      functools.partial(prep.text_to_text, prefix=prefix, input_key=input_key,
-                        target_key=target_key),
+      functools.partial(prep.to_inputs_and_targets, prefix=prefix,
+                        input_key=input_key, target_key=target_key),
       seqio.preprocessors.tokenize,
       seqio.CacheDatasetPlaceholder(),
-      seqio.preprocessors.append_eos_after_trim,
-  ]
+  ] + list(objective.preprocessors(prep))
   return register_task(
       name, source, steps,
       output_features or vocabularies.output_features(
           vocabularies.default_vocabulary()),
-      objective='text_to_text', metric_fns=metric_fns,
+      objective=objective.name, metric_fns=metric_fns,
       postprocess_fn=postprocess_fn, shuffle_buffer_size=shuffle_buffer_size)
+
+
+def register_pretraining(name, source, objective, *, vocabulary=None,
+                         metric_fns=(),
+                         shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER
+                         ) -> seqio.Task:
+  """Registers `objective` (a registered name) over a source of text lines.
+
+  The steps: each line becomes the text ('targets'), tokenized with
+  `vocabulary` (a seqio.Vocabulary; default: the shipped corpus vocabulary),
+  then the objective's own preprocessors (objectives/<name>.py), and its
+  output features (inputs and/or targets, EOS as the objective adds it).
+  """
+  obj = objectives.get(objective)
+  if obj.preprocessors is None:
+    raise ValueError(f'Objective {obj.name!r} has no preprocessors: register '
+                     'its task with register_task and your own steps.')
+  vocab = vocabulary or vocabularies.default_vocabulary()
+  return register_task(
+      name, source,
+      [prep.line_to_targets, seqio.preprocessors.tokenize,
+       seqio.CacheDatasetPlaceholder()] + list(obj.preprocessors(prep)),
+      vocabularies.output_features(vocab, add_eos=obj.add_eos,
+                                   keys=obj.task_features),
+      objective=obj.name, metric_fns=metric_fns,
+      shuffle_buffer_size=shuffle_buffer_size)
 
 
 def register_mixture(name, tasks_and_rates) -> seqio.Mixture:
@@ -116,19 +145,52 @@ def get_task_or_mixture(name):
       f'{", ".join(near)} (all: t5x_lite.tasks.registered_names()).')
 
 
+def _task_objective(task) -> str:
+  name = _OBJECTIVE.get(task.name)
+  return name or objectives.for_features(tuple(task.output_features)).name
+
+
 def objective_of(name) -> str:
-  """The objective kind of a task, or the one kind all of a mixture's share."""
-  provider = get_task_or_mixture(name)
-  kinds = set()
-  for task in seqio.get_subtasks(provider):
-    kind = _OBJECTIVE.get(task.name)
-    if kind is None:
-      kind = 'text_to_text' if 'inputs' in task.output_features else 'causal_lm'
-    kinds.add(kind)
-  if len(kinds) != 1:
-    raise ConfigError(f'Mixture {name!r} mixes objectives {sorted(kinds)}; '
-                      'its tasks need one feature converter.')
-  return kinds.pop()
+  """The objective a task trains; for a mixture the one its tasks share, or
+  (tasks of several objectives with one layout and the arch's own model,
+  e.g. span corruption mixed with supervised tasks) the first task's."""
+  subtasks = seqio.get_subtasks(get_task_or_mixture(name))
+  found = sorted({_task_objective(t) for t in subtasks})
+  if len(found) == 1:
+    return found[0]
+  objs = [objectives.get(n) for n in found]
+  layouts = {o.layout for o in objs}
+  custom = [o.name for o in objs if o.make_model is not None]
+  if len(layouts) != 1 or custom:
+    raise ConfigError(
+        f'Mixture {name!r} mixes objectives {found} that need '
+        + (f'different feature layouts {sorted(layouts)}'
+           if len(layouts) != 1 else f'models of their own ({custom})')
+        + '; its tasks must share one model and one feature converter.')
+  return _task_objective(subtasks[0])
+
+
+def layout_of(name) -> str:
+  """The feature layout of a task's (or mixture's) batches."""
+  return objectives.get(objective_of(name)).layout
+
+
+def resolve_objective(config) -> str:
+  """Fills config.objective.name from config.task.name when it is '' (in
+  place, unlocked); a set name must be the task's. Returns the name."""
+  task_objective = objective_of(config.task.name)
+  name = config.objective.name
+  allowed = {_task_objective(t) for t in seqio.get_subtasks(
+      get_task_or_mixture(config.task.name))}
+  if name and name not in allowed:
+    raise ConfigError(
+        f'task {config.task.name!r} trains objective {task_objective!r} but '
+        f'objective.name={name!r}; set --config.objective.name='
+        f'{task_objective} (or leave it empty to follow the task).')
+  if not name:
+    with config.unlocked():
+      config.objective.name = task_objective
+  return task_objective
 
 
 def get_vocabulary(name) -> seqio.Vocabulary:

@@ -22,6 +22,7 @@ import functools
 import seqio
 import tensorflow as tf
 
+from t5x_lite import objectives
 from t5x_lite.tasks import metrics
 from t5x_lite.tasks import postprocessors
 from t5x_lite.tasks import preprocessors as prep
@@ -103,13 +104,14 @@ def _text_task(name, tfds_name, formatter, vocab, metric_fns,
 def register_all(vocab_path=None):
   """(Re)registers the TFDS tasks with T5's vocabulary (or `vocab_path`)."""
   vocab = vocabularies.t5_vocabulary(vocab_path)
+  span = objectives.get('span_corruption')
   registry.register_task(
       'c4_v220_span_corruption', seqio.TfdsDataSource(tfds_name='c4/en:3.1.0'),
       [functools.partial(seqio.preprocessors.rekey,
                          key_map={'inputs': None, 'targets': 'text'}),
-       seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder(),
-       prep.span_corruption, seqio.preprocessors.append_eos_after_trim],
-      vocabularies.output_features(vocab))
+       seqio.preprocessors.tokenize, seqio.CacheDatasetPlaceholder()]
+      + list(span.preprocessors(prep)),
+      vocabularies.output_features(vocab), objective=span.name)
   for name, (labels, metric_fns) in GLUE.items():
     _text_task(f'glue_{name}_v2', f'glue/{name}:2.0.0',
                functools.partial(glue, benchmark_name=name,

@@ -5,7 +5,7 @@ keeps its sentinels (`<extra_id_0>` = vocab_size - 1, counting down):
 
   mask_id(vocab)       = vocab_size - 1   BERT/ELECTRA [MASK], GLM part-A mask
   cls_id(vocab)        = vocab_size - 2   first token of a pooled classifier
-  glm_start_id(vocab)  = vocab_size - 3   GLM part-B span start [S]
+  span_start_id(vocab)  = vocab_size - 3   GLM part-B span start [S]
 
 They are therefore the same ids as `<extra_id_0..2>`: fine, because span
 corruption (which uses the sentinels) and these objectives never share a
@@ -78,7 +78,7 @@ def cls_id(vocab) -> int:
   return vocab.vocab_size - 2
 
 
-def glm_start_id(vocab) -> int:
+def span_start_id(vocab) -> int:
   return vocab.vocab_size - 3
 
 

@@ -1,21 +1,24 @@
 """ELECTRA (Clark et al. 2020): replaced-token detection with a small MLM generator.
 
-Selected with `config.model.objective='electra'` on an encoder_only model and a
-masked_lm task (shakespeare_electra: 15% of positions selected, 85% of those
-[MASK]ed, the rest kept). One step:
+Selected with `config.objective.name='electra'` (or a task registered with
+objective='electra', e.g. shakespeare_electra) on an encoder_only model:
+15% of positions selected, 85% of those [MASK]ed, the rest kept
+(tasks/preprocessors.mask_tokens). Settings: config.objective.electra.*
+(`Options`). One step:
 
   1. the generator (an encoder whose hidden size, heads and MLP are
      `model.generator_size_fraction` of the discriminator's, depth
      `model.generator_layers_fraction` of it) reads the masked input and is
-     trained with MLM on the selected positions;
+     trained with MLM on the selected positions (`generator_size_fraction`
+     and `generator_layers_fraction` of the discriminator);
   2. at each selected position a replacement is sampled from the generator's
      softmax with the Gumbel-max trick on *stop-gradient* logits: the
      discriminator's loss never reaches the generator through the sample;
   3. the discriminator (the encoder_only network with its `rtd` head) reads
      the original text with the samples put in, and predicts per real token
-     whether it was replaced. A sample equal to the original token counts as
+     whether it was replaced (the encoder's 'binary' head). A sample equal to the original token counts as
      original (the ELECTRA paper's labelling);
-  4. loss = MLM + model.electra_disc_weight (50) x replaced-token loss, each
+  4. loss = MLM + `disc_weight` (50) x replaced-token loss, each
      a per-token mean (MLM over selected positions, RTD over real tokens).
 
 Shared embeddings: the generator reads and writes through the
@@ -43,27 +46,46 @@ models.finalize_metrics turns into metrics):
 """
 from typing import Dict, Tuple
 
+import dataclasses
+import functools
+import json
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from t5x_lite import checkpoints
+from t5x_lite import flops
 from t5x_lite import layers
+from t5x_lite import lengths
 from t5x_lite import losses
 from t5x_lite import models
 from t5x_lite import network
-from t5x_lite.config import ConfigError, ModelConfig
+from t5x_lite.model_config import ConfigError, ModelConfig
+from t5x_lite.objectives import registry
+from t5x_lite.objectives import mlm
 
 
-def generator_config(cfg: ModelConfig) -> ModelConfig:
+@dataclasses.dataclass(frozen=True)
+class Options:
+  """config.objective.electra.*"""
+  generator_size_fraction: float = 0.25  # generator hidden size / discriminator's
+  generator_layers_fraction: float = 1.0  # generator depth / discriminator's
+  disc_weight: float = 50.0  # loss = MLM + disc_weight * replaced-token loss
+
+
+def generator_config(cfg: ModelConfig, options: Options) -> ModelConfig:
   """The generator's dims: a fraction of the discriminator's (ELECTRA code:
   hidden, heads and FFN scale together; head_dim stays)."""
-  frac = cfg.generator_size_fraction
+  frac = options.generator_size_fraction
   return cfg.replace(
       emb_dim=max(1, int(round(cfg.emb_dim * frac))),
       num_heads=max(1, int(round(cfg.num_heads * frac))),
       mlp_dim=max(1, int(round(cfg.mlp_dim * frac))),
-      num_encoder_layers=max(
-          1, int(round(cfg.num_encoder_layers * cfg.generator_layers_fraction))))
+      num_encoder_layers=max(1, int(round(
+          cfg.num_encoder_layers * options.generator_layers_fraction))))
 
 
 class _ProjectedEmbed(nn.Module):
@@ -115,19 +137,21 @@ class Generator(nn.Module):
 class ElectraNetwork(nn.Module):
   """Discriminator (EncoderOnly) + generator sharing its token embedding.
 
-  `__call__` is the discriminator (head 'rtd' by default; every EncoderOnly
-  head works); `generator_logits` the generator's MLM logits.
+  `__call__` is the discriminator (head 'binary' by default; every
+  EncoderOnly head works); `generator_logits` the generator's MLM logits.
   """
   config: ModelConfig
+  options: Options = Options()
 
   def setup(self):
     cfg = self.config
     self.discriminator = network.EncoderOnly(cfg)
-    self.generator = Generator(generator_config(cfg),
+    self.generator = Generator(generator_config(cfg, self.options),
                                self.discriminator.token_embedder, cfg.emb_dim)
 
   def __call__(self, encoder_input_tokens, encoder_segment_ids=None,
-               encoder_positions=None, *, enable_dropout=False, head='rtd'):
+               encoder_positions=None, *, enable_dropout=False,
+               head='binary'):
     if self.is_initializing():  # create the generator's params too
       self.generator(encoder_input_tokens, encoder_segment_ids,
                      encoder_positions)
@@ -180,18 +204,20 @@ def original_tokens(batch) -> jax.Array:
 
 class ElectraModel(models.EncoderOnlyModel):
   """Generator MLM + weighted replaced-token detection (module doc)."""
-  HEADS = ('rtd',)  # `apply` gives the discriminator's per-token logits
+  HEADS = ('binary',)  # `apply` gives the discriminator's per-token logits
 
-  def __init__(self, module, cfg: ModelConfig, **kw):
+  def __init__(self, module, cfg: ModelConfig, options: Options = Options(),
+               **kw):
     if cfg.arch != 'encoder_only':
       raise ConfigError(
-          f"model.objective='electra' needs model.arch='encoder_only', got "
+          f"objective 'electra' needs model.arch='encoder_only', got "
           f'{cfg.arch!r}; use configs/pretrain_electra.py or set '
           '--config.model.arch=encoder_only.')
     if not isinstance(module, ElectraNetwork):
-      module = ElectraNetwork(cfg)
-    super().__init__(module, cfg, head='rtd', **kw)
-    self.disc_weight = float(cfg.electra_disc_weight)
+      module = ElectraNetwork(cfg, options)
+    super().__init__(module, cfg, head='binary', **kw)
+    self.options = options
+    self.disc_weight = float(options.disc_weight)
 
   @property
   def REQUIRED_FEATURES(self):  # pylint: disable=invalid-name
@@ -199,13 +225,13 @@ class ElectraModel(models.EncoderOnlyModel):
             'encoder_loss_weights')
 
   def input_shapes(self, feature_lengths, batch_size):
-    n = models.sequence_lengths(self.ARCH, feature_lengths)['encoder']
+    n = lengths.model_lengths(self.ARCH, feature_lengths)['encoder']
     return models._int_shapes(batch_size, {  # pylint: disable=protected-access
         'encoder_input_tokens': n, 'encoder_target_tokens': n,
         'encoder_loss_weights': n})
 
   def _init_kwargs(self):
-    return {'head': 'rtd'}
+    return {'head': 'binary'}
 
   def generator_logits(self, params, batch, *, dropout_rng=None,
                        enable_dropout=False) -> jax.Array:
@@ -231,7 +257,7 @@ class ElectraModel(models.EncoderOnlyModel):
     disc_input, replaced = replace_tokens(original, selected, sampled)
     disc_batch = dict(batch, encoder_input_tokens=disc_input)
     disc_logits = self.apply(params, disc_batch, dropout_rng=disc_rng,
-                             enable_dropout=enable_dropout, head='rtd')
+                             enable_dropout=enable_dropout, head='binary')
     return dict(gen_logits=gen_logits, sampled=sampled, original=original,
                 selected=selected, mlm_weights=weights, disc_input=disc_input,
                 replaced=replaced, disc_logits=disc_logits,
@@ -279,6 +305,20 @@ class ElectraModel(models.EncoderOnlyModel):
     }
     return total, sums
 
+  def flops_per_step(self, feature_lengths, batch_size):
+    """Generator trunk + discriminator trunk + the generator's vocab logits
+    (at every position, as computed, at the embedding width), by
+    flops.arch_flops_per_step's formula. The embedding projections and the
+    binary head (<1% here) are left out."""
+    lens = lengths.model_lengths(self.ARCH, feature_lengths)
+    f = functools.partial(flops.arch_flops_per_step, lens=lens,
+                          batch=batch_size)
+    def trunk(m):
+      return f(m) - f(m.replace(num_encoder_layers=0))
+    logits = f(self.config.replace(num_encoder_layers=0))
+    return trunk(generator_config(self.config, self.options)) + trunk(
+        self.config) + logits
+
   def score_batch(self, params, batch):
     """[batch] generator log-likelihood of the originals at the selected
     positions (a masked-LM pseudo-likelihood)."""
@@ -293,14 +333,14 @@ def discriminator_params(params):
   if 'discriminator' not in params:
     raise ValueError('These params hold no ELECTRA discriminator (keys '
                      f'{sorted(params)}); were they trained with '
-                     "model.objective='electra'?")
+                     "objective.name='electra'?")
   return params['discriminator']
 
 
 def export_discriminator(checkpoint_path: str, out_dir: str) -> str:
   """Writes the discriminator of an ELECTRA checkpoint as a params-only
-  checkpoint (interop/hf.py's format: an Orbax StandardCheckpointer tree
-  {'params': ...} in out_dir, plus config.json when the run's is found) that
+  checkpoint (checkpoints.save_params_only: params plus config.json when
+  the run's is found) that
   `checkpoint.restore_from` reads into an encoder_only model (classifier
   fine-tuning: configs/finetune_classifier.py).
 
@@ -310,55 +350,65 @@ def export_discriminator(checkpoint_path: str, out_dir: str) -> str:
   Returns:
     out_dir (absolute).
   """
-  import json  # pylint: disable=g-import-not-at-top
-  import os  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f'{out_dir} exists; pick a new output directory.')
   params = discriminator_params(checkpoints.restore_params(checkpoint_path))
-  tree = {'params': jax.tree.map(np.asarray, params)}
-  with ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(out_dir, tree)
-    ckptr.wait_until_finished()
-  # The run's config (workdir/config.json, up to three levels above a step
-  # dir), as the plain encoder_only model the export now is.
+  return checkpoints.save_params_only(out_dir, jax.tree.map(np.asarray, params),
+                                      _plain_encoder_config(checkpoint_path))
+
+
+def _plain_encoder_config(checkpoint_path: str):
+  """The run's config (workdir/config.json, up to three levels above a step
+  dir) as the plain encoder_only model the export is; None if not found."""
   where = os.path.abspath(checkpoint_path)
   for _ in range(4):
     cfg_path = os.path.join(where, 'config.json')
     if os.path.isfile(cfg_path):
       with open(cfg_path) as f:
         cfg = json.load(f)
-      cfg.setdefault('model', {})['objective'] = 'auto'
-      with open(os.path.join(out_dir, 'config.json'), 'w') as f:
-        json.dump(cfg, f, indent=2, sort_keys=True)
-      break
+      cfg.setdefault('objective', {})['name'] = ''
+      return cfg
     where = os.path.dirname(where)
-  return out_dir
+  return None
 
 
-def electra_flops_per_step(config, batch_size: int = 0) -> float:
-  """Training FLOPs of one ELECTRA step by flops.model_flops_per_step's
-  formula: generator trunk + discriminator trunk + the generator's vocab
-  logits (at every position, as computed, at the embedding width). The
-  embedding projections and the RTD head (<1% here) are left out."""
-  from t5x_lite import flops  # pylint: disable=g-import-not-at-top
-  cfg = ModelConfig.from_config(config.model)
+def _make_model(cfg, options, **kwargs):
+  return ElectraModel(None, cfg, options, **kwargs)
 
-  def encoder_flops(m: ModelConfig, num_layers: int) -> float:
-    c = config.copy_and_resolve_references()
-    c.model.objective = 'auto'
-    for k in ('emb_dim', 'num_heads', 'head_dim', 'mlp_dim'):
-      c.model[k] = getattr(m, k)
-    c.model.num_encoder_layers = num_layers
-    return flops.model_flops_per_step(c, batch_size)
 
-  def trunk(m: ModelConfig) -> float:
-    return encoder_flops(m, m.num_encoder_layers) - encoder_flops(m, 0)
+def _check(config):
+  o = config.objective.electra
+  if not 0.0 < o.generator_size_fraction <= 1.0:
+    raise ConfigError('objective.electra.generator_size_fraction must be in '
+                      f'(0, 1], got {o.generator_size_fraction}.')
+  if not 0.0 < o.generator_layers_fraction <= 1.0:
+    raise ConfigError('objective.electra.generator_layers_fraction must be '
+                      f'in (0, 1], got {o.generator_layers_fraction}.')
 
-  logits = encoder_flops(cfg, 0)  # layers=0 leaves only the logits term
-  return trunk(generator_config(cfg)) + trunk(cfg) + logits
 
-models.MODEL_CLASSES['electra'] = ElectraModel
+OBJECTIVE = registry.register(registry.Objective(
+    name='electra',
+    layout='masked_tokens',
+    archs=('encoder_only',),
+    summary='ELECTRA: generator MLM + replaced-token detection',
+    # The masking of BERT without random tokens: 85% [MASK], 15% kept.
+    preprocessors=lambda prep: [functools.partial(
+        prep.mask_tokens, select_rate=mlm.SELECT_RATE, mask_rate=0.85,
+        random_rate=0.0)],
+    options=Options,
+    make_model=_make_model,
+    checkpoint_params=discriminator_params,
+    metrics=('mlm_loss', 'disc_loss', 'disc_accuracy', 'disc_recall',
+             'disc_precision', 'disc_baseline_accuracy', 'replaced_rate',
+             'masked_replaced_rate'),
+    recipe='configs/pretrain_electra.py:tiny',
+    check=_check,
+    renamed_keys={
+        'model.generator_size_fraction':
+            'objective.electra.generator_size_fraction',
+        'model.generator_layers_fraction':
+            'objective.electra.generator_layers_fraction',
+        'model.electra_disc_weight': 'objective.electra.disc_weight',
+    },
+))

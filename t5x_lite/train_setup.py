@@ -1,0 +1,281 @@
+"""Set-up of a training run: `setup(config, workdir) -> RunSetup`.
+
+Everything loop.py's steps need, built once and in this order:
+
+  1. the config is validated and the task looked up (before anything
+     compiles);
+  2. model, optimizer, mesh, batch sharding and this process's input shard
+     (train and eval batch sizes);
+  3. workdir/config.json; the state: resumed from the newest usable
+     checkpoint in workdir/checkpoints (its data position too), or
+     initialised into its shardings, optionally with the params of
+     checkpoint.restore_from;
+  4. the data iterators: the train split skips exactly the batches already
+     consumed (so a resumed run sees the batches an uninterrupted one would),
+     the eval split is read the same way at every eval;
+  5. the jitted train and eval steps (compiled at their first call).
+"""
+import dataclasses
+import json
+import os
+from typing import Any, Callable, Dict, Iterator, List, Optional
+
+from absl import logging
+import jax
+import numpy as np
+
+from t5x_lite import checkpoints
+from t5x_lite import config as config_lib
+from t5x_lite import distributed
+from t5x_lite import objectives
+from t5x_lite import optimizers
+from t5x_lite import partitioning
+from t5x_lite import trainer
+from t5x_lite.config import ConfigError
+
+CONFIG_FILE = 'config.json'
+
+
+@dataclasses.dataclass
+class DataPosition:
+  """Where this process's input stands when the run starts (saved with every
+  checkpoint as its 'data' item; loop.Checkpointing writes it)."""
+  seed: int  # the train split's shuffle seed
+  batches_consumed: int  # by this process, before this run's first step
+  skipped_steps: int  # non-finite updates dropped so far (earlier runs too)
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """What `setup` builds: the pieces loop.py's steps run on."""
+  config: Any
+  workdir: str  # absolute
+  model: Any  # models.BaseModel (objectives.build_model)
+  mesh: jax.sharding.Mesh
+  batch_sharding: jax.sharding.NamedSharding
+  host: distributed.HostShard  # this process's rows of each train batch
+  ckpt: checkpoints.Checkpointer
+  state: Optional[trainer.TrainState]  # the loop takes it (steps donate it)
+  start_step: int
+  dropout_rng: jax.Array
+  train_step: Callable  # (state, batch, rng) -> (state, metrics)
+  eval_step: Callable  # (params, batch) -> sums
+  train_data: Iterator[Dict[str, np.ndarray]]  # host batches, from position
+  eval_data: 'EvalData'
+  position: DataPosition
+
+
+# ---- checks and records ------------------------------------------------------------
+
+
+def check_task(config):
+  """Unknown task names fail here, before anything compiles; then the task's
+  objective fills config.objective.name ('' = the task's) or must equal it,
+  and the objective's own checks run on it."""
+  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  names = tasks.registered_names()
+  if config.task.name not in names:
+    raise ConfigError(
+        f'task.name={config.task.name!r} is not a registered task or '
+        f'mixture.{config_lib._closest(config.task.name, names)} Known: '  # pylint: disable=protected-access
+        f'{", ".join(sorted(names))}.')
+  before = config.objective.name
+  tasks.resolve_objective(config)
+  if config.objective.name != before:
+    config_lib.validate(config)
+
+
+def write_config(config, workdir: str):
+  """workdir/config.json (process 0; atomic)."""
+  if jax.process_index() != 0:
+    return
+  path = os.path.join(workdir, CONFIG_FILE)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.write(config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+  os.replace(tmp, path)
+
+
+def config_dict(config) -> Dict[str, Any]:
+  """The config as plain JSON values (what checkpoints save as 'config')."""
+  return json.loads(config.to_json_best_effort())
+
+
+def warn_on_config_drift(saved: Dict[str, Any], config):
+  """Changes that make a resumed data position mean something else."""
+  now = config_dict(config)
+  for group, key in (('task', 'name'), ('task', 'feature_lengths'),
+                     ('task', 'pack'), ('train', 'batch_size'),
+                     ('train', 'seed')):
+    before = saved.get(group, {}).get(key)
+    if before is not None and before != now[group][key]:
+      logging.warning(
+          'Resuming with %s.%s=%r, but the checkpoint was trained with %r: the '
+          'data position is restored as a batch count and will not reproduce '
+          'the uninterrupted run.', group, key, now[group][key], before)
+
+
+# ---- eval data --------------------------------------------------------------------
+
+
+class EvalData:
+  """Teacher-forced eval batches: the same ones at every eval.
+
+  With eval.num_batches > 0 the first evaluation keeps them in host memory;
+  -1 reads the whole split each time (one epoch, every process the same
+  number of batches).
+  """
+
+  def __init__(self, config, host: distributed.HostShard):
+    self.config = config
+    self.host = host
+    self.num_batches = int(config.eval.num_batches)
+    self._cache: Optional[List[Dict[str, np.ndarray]]] = None
+
+  def _dataset(self, num_epochs):
+    from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+    return tasks.get_dataset(
+        self.config, self.config.task.eval_split,
+        batch_size=self.host.per_host_batch_size, shard_id=self.host.index,
+        num_shards=self.host.num_shards, seed=self.config.train.seed,
+        shuffle=False, num_epochs=num_epochs)
+
+  def __iter__(self) -> Iterator[Dict[str, np.ndarray]]:
+    if self.num_batches == 0:
+      return iter(())
+    if self.num_batches > 0:
+      if self._cache is None:
+        it = self._dataset(num_epochs=None)  # repeats if the split is small
+        self._cache = [next(it) for _ in range(self.num_batches)]
+      return iter(self._cache)
+    return self._whole_split()
+
+  def _whole_split(self):
+    it = self._dataset(num_epochs=1)
+    while True:
+      batch = next(it, None)
+      if not _all_processes_agree(batch is not None):
+        return
+      yield batch
+
+
+def _all_processes_agree(ok: bool) -> bool:
+  if jax.process_count() == 1:
+    return ok
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+# ---- the pieces of setup ------------------------------------------------------------
+
+
+def _mesh_and_hosts(config):
+  """(mesh, batch sharding, train host shard, eval host shard)."""
+  mesh = partitioning.make_mesh(config.mesh)
+  rules = partitioning.logical_rules(config)
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  host = distributed.host_shard(config.train.batch_size, batch_sharding)
+  eval_batch = int(config.eval.batch_size) or int(config.train.batch_size)
+  shards = partitioning.num_batch_shards(mesh, rules)
+  if eval_batch % shards:
+    raise ConfigError(
+        f'eval.batch_size={eval_batch} is not divisible by the {shards} batch '
+        'shards (mesh data*fsdp); change eval.batch_size.')
+  eval_host = distributed.host_shard(eval_batch, batch_sharding)
+  return mesh, batch_sharding, host, eval_host
+
+
+def _restore_or_init(config, model, tx, mesh, ckpt, abstract_state, init_rng
+                     ) -> tuple:
+  """(state, checkpoints.Restored or None): resume, or init (optionally with
+  the params of checkpoint.restore_from and a fresh optimizer state)."""
+  restored = ckpt.restore(abstract_state)
+  if restored is not None:
+    warn_on_config_drift(restored.config, config)
+    logging.info('Resumed from %s/%d.', ckpt.directory, restored.step)
+    return restored.state, restored
+  state, _ = trainer.create_train_state(model, tx, config, mesh, init_rng)
+  if config.checkpoint.restore_from:
+    params = checkpoints.restore_params(config.checkpoint.restore_from,
+                                        abstract_state.params)
+    state = state.replace(params=params)
+    logging.info('Initialised params from %s (fresh optimizer state).',
+                 config.checkpoint.restore_from)
+  return state, None
+
+
+def data_position(config, restored: Optional[checkpoints.Restored],
+                  start_step: int) -> DataPosition:
+  """This process's data position: from the checkpoint's 'data' item, or
+  the start of the split (warnings when it cannot reproduce the run)."""
+  saved = restored.data if restored is not None else {}
+  pid = str(jax.process_index())
+  consumed = int(saved.get('batches_consumed', {}).get(pid, 0))
+  saved_processes = saved.get('process_count', jax.process_count())
+  if saved_processes != jax.process_count():
+    logging.warning(
+        'The checkpoint was written by %d processes, this run has %d: each '
+        'process skips %d batches of its new input shard, which is not the '
+        'data an uninterrupted run would see next.', saved_processes,
+        jax.process_count(), consumed)
+  seed = int(config.train.seed)
+  if restored is not None and not config.train.data_iterator_checkpointing:
+    # No saved position: a fresh order rather than replaying the first batches.
+    consumed, seed = 0, seed + start_step
+    logging.warning('train.data_iterator_checkpointing=False: the input '
+                    'restarts with seed %d instead of resuming.', seed)
+  return DataPosition(seed=seed, batches_consumed=consumed,
+                      skipped_steps=int(saved.get('skipped_steps', 0)))
+
+
+def setup(config, workdir: str) -> RunSetup:
+  """Builds a run of `config` in `workdir` (see the module doc).
+
+  Raises:
+    ConfigError: a config problem, before anything compiles.
+    checkpoints.CheckpointError: no usable checkpoint could be read.
+  """
+  workdir = os.path.abspath(workdir)
+  config_lib.validate(config)
+  check_task(config)
+  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+
+  model = objectives.build_model(config)
+  tx, schedule = optimizers.make_optimizer(config)
+  mesh, batch_sharding, host, eval_host = _mesh_and_hosts(config)
+  abstract_state, state_shardings = trainer.abstract_train_state(
+      model, tx, config, mesh)
+  logging.info('mesh %s; %d processes; this one reads input shard %d/%d '
+               '(%d rows per step)', dict(mesh.shape), jax.process_count(),
+               host.index, host.num_shards, host.per_host_batch_size)
+  if jax.process_index() == 0:
+    os.makedirs(workdir, exist_ok=True)
+  write_config(config, workdir)
+
+  ckpt = checkpoints.Checkpointer(
+      checkpoints.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
+      async_save=bool(config.checkpoint.async_save))
+  init_rng, dropout_rng = jax.random.split(
+      jax.random.PRNGKey(int(config.train.seed)))
+  state, restored = _restore_or_init(config, model, tx, mesh, ckpt,
+                                     abstract_state, init_rng)
+  start_step = int(jax.device_get(state.step))
+  position = data_position(config, restored, start_step)
+  train_data = tasks.get_dataset(
+      config, config.task.train_split,
+      batch_size=host.per_host_batch_size, shard_id=host.index,
+      num_shards=host.num_shards, seed=position.seed,
+      shuffle=bool(config.task.shuffle),
+      skip_batches=position.batches_consumed)
+
+  train_step = trainer.make_train_step(model, tx, config, mesh,
+                                       state_shardings, batch_sharding,
+                                       schedule=schedule)
+  eval_step = trainer.make_eval_step(model, config, mesh,
+                                     state_shardings.params, batch_sharding)
+  return RunSetup(
+      config=config, workdir=workdir, model=model, mesh=mesh,
+      batch_sharding=batch_sharding, host=host, ckpt=ckpt, state=state,
+      start_step=start_step, dropout_rng=dropout_rng, train_step=train_step,
+      eval_step=eval_step, train_data=train_data,
+      eval_data=EvalData(config, eval_host), position=position)
