@@ -5,13 +5,13 @@ r"""Samples from a pretrained causal LM and GLM blank infilling, via the library
     python scripts/sample_generations.py --causal_workdir=/tmp/lm \
         --glm_workdir=/tmp/glm [--out=runs/samples.md]
 
-Causal LM: `decoding.predict_batch` from BOS alone, and prompted
+Causal LM: `generation.predict_batch` from BOS alone, and prompted
 continuations with `bidirectional_prompt=False` (causal attention over the prompt, as
 the model was trained); both take the cached decode path.
 
-GLM: a line with a [MASK] is part A; `objectives.glm_infill.infill` appends
+GLM: a line with a [MASK] is part A; `objectives.glm.infill` appends
 [S] and generates the span until EOS with GLM's 2D positions (through
-`decoding.predict_with_features`, which reruns the forward each step).
+`generation.predict_with_features`, which reruns the forward each step).
 
 This file only loads checkpoints, builds prompts and formats text.
 Decoding settings come from each config's `decoding` group (the LM configs
@@ -32,9 +32,9 @@ if ROOT not in sys.path:
 import jax
 import numpy as np
 
-from t5x_lite import decoding
+from t5x_lite import generation
 from t5x_lite import model_loading
-from t5x_lite.objectives import glm_infill
+from t5x_lite.objectives import glm
 
 _CAUSAL = flags.DEFINE_string('causal_workdir', None,
                               'Workdir of a configs/pretrain_lm.py:causal run.')
@@ -83,7 +83,7 @@ def _vocab(config):
 
 
 def _settings(config, greedy):
-  s = decoding.DecodeSettings.from_config(config.decoding)
+  s = generation.DecodeSettings.from_config(config.decoding)
   return (0.0, 0, 1.0) if greedy else (s.temperature, s.top_k, s.top_p)
 
 
@@ -101,9 +101,9 @@ def causal_samples(workdir, config_spec, out):
 
   # 1. Free-running, through predict_batch (BOS only, KV cache).
   batch = {'decoder_input_tokens': np.zeros((_NUM.value, length), np.int32)}
-  tokens, _ = decoding.predict_batch(model, params, batch, config.decoding,
+  tokens, _ = generation.predict_batch(model, params, batch, config.decoding,
                                      jax.random.PRNGKey(_SEED.value))
-  out.append('From BOS (decoding.predict_batch, '
+  out.append('From BOS (generation.predict_batch, '
              f'{config.decoding.method}, T={config.decoding.temperature}, '
              f'top-k {config.decoding.top_k}):\n')
   for row in np.asarray(tokens):
@@ -113,12 +113,12 @@ def causal_samples(workdir, config_spec, out):
   # 2. Prompted: the prompt is forced, causal attention over all of it.
   for greedy in ((False, True) if _GREEDY.value else (False,)):
     settings = dataclasses.replace(
-        decoding.DecodeSettings.from_config(config.decoding),
+        generation.DecodeSettings.from_config(config.decoding),
         method='greedy' if greedy else 'sample', eos_id=eos)
     n = 1 if greedy else _NUM.value
     out.append(f'Prompted ({"greedy" if greedy else "sampled"}):\n')
     for prompt in PROMPTS:
-      tokens, _ = decoding.predict_batch(
+      tokens, _ = generation.predict_batch(
           model, params, _prompt_batch(vocab.encode(prompt), n, length),
           settings, jax.random.PRNGKey(_SEED.value), bidirectional_prompt=False)
       for row in np.asarray(tokens):
@@ -164,7 +164,7 @@ def glm_samples(workdir, config_spec, out):
       left, right = line.split('___')
       l_ids, r_ids = vocab.encode(left.rstrip()), vocab.encode(right)
       part_a = np.array([l_ids + [mask] + r_ids] * n, np.int32)
-      spans = glm_infill.infill(model, params, part_a, len(l_ids), start, eos,
+      spans = glm.infill(model, params, part_a, len(l_ids), start, eos,
                                 jax.random.PRNGKey(_SEED.value + i),
                                 temperature, topk, topp)
       fills = [_text(vocab, s, eos) for s in spans]

@@ -12,7 +12,7 @@ config.task.eval_split:
      (`teacher_forced`, which the training loop's eval/* numbers also use);
   2. `seqio.Evaluator` over config.task.name (a task or every task of a
      mixture) with the tasks' own metric fns (accuracy, BLEU, ROUGE, ...),
-     fed by a predict_fn (decoding.predict_batch with config.decoding) and a
+     fed by a predict_fn (generation.predict_batch with config.decoding) and a
      score_fn (model.score_batch). Tasks without metric fns (pretraining
      objectives such as span corruption) just have no metrics;
   3. a few decoded samples (input / target / prediction), printed and logged.

@@ -13,7 +13,7 @@ from typing import Tuple
 import jax
 import numpy as np
 
-from t5x_lite import decoding
+from t5x_lite import generation
 from t5x_lite import model_loading
 from t5x_lite import partitioning
 from t5x_lite import trainer
@@ -26,7 +26,7 @@ class Predictor:
     self.model = model
     self.params = params
     self.config = config
-    self.settings = decoding.DecodeSettings.from_config(config.decoding)
+    self.settings = generation.DecodeSettings.from_config(config.decoding)
     self.mesh = mesh
     self.param_shardings = param_shardings
     self.sharded = mesh is not None and param_shardings is not None
@@ -67,11 +67,11 @@ class Predictor:
               ) -> Tuple[np.ndarray, np.ndarray]:
     """(tokens [batch, len], scores [batch]) as host numpy.
 
-    bidirectional_prompt: decoder-only models only (decoding.predict_batch):
+    bidirectional_prompt: decoder-only models only (generation.predict_batch):
     whether the prompt attends bidirectionally; None: when the batch marks
     one with decoder_causal_attention.
     """
-    tokens, scores = decoding.predict_batch(
+    tokens, scores = generation.predict_batch(
         self.model, self.params, batch, self.settings, rng,
         bidirectional_prompt=bidirectional_prompt)
     return np.asarray(tokens), np.asarray(scores)

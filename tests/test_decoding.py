@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from t5x_lite import decoding
+from t5x_lite import generation
 
 # ---- a toy network with a cache ---------------------------------------------------
 # State h_t = 0.5 * h_{t-1} + E[token_t], h_{-1} = ctx (a per-row "encoding");
@@ -243,8 +244,8 @@ def test_encoder_decoder_cache_equals_recompute(fp32, encdec, enc_batch,
                                                 method):
   model, params = encdec
   cfg = dict(method=method, beam_size=3, alpha=0.6, max_decode_length=10)
-  tok, score = decoding.predict_batch(model, params, enc_batch, cfg)
-  ref, ref_score = decoding.predict_batch(model, params, enc_batch, cfg,
+  tok, score = generation.predict_batch(model, params, enc_batch, cfg)
+  ref, ref_score = generation.predict_batch(model, params, enc_batch, cfg,
                                           use_cache=False)
   assert tok.shape == (3, 10)
   np.testing.assert_array_equal(tok, ref)
@@ -254,7 +255,7 @@ def test_encoder_decoder_cache_equals_recompute(fp32, encdec, enc_batch,
 def test_encoder_decoder_greedy_score_is_score_batch(fp32, encdec, enc_batch):
   """The greedy log-prob equals the model's teacher-forced score of it."""
   model, params = encdec
-  tok, score = decoding.predict_batch(
+  tok, score = generation.predict_batch(
       model, params, enc_batch, dict(method='greedy', max_decode_length=10))
   tok = np.asarray(tok)
   # Weights cover every generated position up to and including EOS.
@@ -270,18 +271,18 @@ def test_encoder_decoder_greedy_score_is_score_batch(fp32, encdec, enc_batch):
 def test_encoder_decoder_beam1_topk1_equal_greedy(fp32, encdec, enc_batch):
   model, params = encdec
   base = dict(max_decode_length=10, alpha=0.0)
-  greedy, _ = decoding.predict_batch(model, params, enc_batch,
+  greedy, _ = generation.predict_batch(model, params, enc_batch,
                                      dict(base, method='greedy'))
-  beam1, _ = decoding.predict_batch(model, params, enc_batch,
+  beam1, _ = generation.predict_batch(model, params, enc_batch,
                                     dict(base, method='beam', beam_size=1))
-  top1, _ = decoding.predict_batch(
+  top1, _ = generation.predict_batch(
       model, params, enc_batch, dict(base, method='sample', top_k=1,
                                      temperature=2.0), jax.random.PRNGKey(5))
   np.testing.assert_array_equal(beam1, greedy)
   np.testing.assert_array_equal(top1, greedy)
   sample = dict(base, method='sample', temperature=1.0, seed=11)
-  a, _ = decoding.predict_batch(model, params, enc_batch, sample)
-  b, _ = decoding.predict_batch(model, params, enc_batch, sample)
+  a, _ = generation.predict_batch(model, params, enc_batch, sample)
+  b, _ = generation.predict_batch(model, params, enc_batch, sample)
   np.testing.assert_array_equal(a, b)
 
 
@@ -300,8 +301,8 @@ def test_decoder_only_prefill_equals_recompute(fp32, method):
     causal[r, :p + 1] = 1
   batch = {'decoder_input_tokens': dec, 'decoder_causal_attention': causal}
   cfg = dict(method=method, beam_size=3, alpha=0.6)
-  tok, score = decoding.predict_batch(model, params, batch, cfg)
-  ref, ref_score = decoding.predict_batch(model, params, batch, cfg,
+  tok, score = generation.predict_batch(model, params, batch, cfg)
+  ref, ref_score = generation.predict_batch(model, params, batch, cfg,
                                           use_cache=False)
   np.testing.assert_array_equal(tok, ref)
   np.testing.assert_allclose(score, ref_score, rtol=1e-5)
@@ -324,7 +325,7 @@ def _old_prompted_continuation(model, params, ids, n, length, eos, rng,
   def fn(state):
     logits = model.apply(params, {'decoder_input_tokens':
                                   state.sequences[:, :-1]})
-    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+    return generation._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
 
   inputs = np.zeros((n, length), np.int32)
   inputs[:, :len(ids)] = ids
@@ -355,7 +356,7 @@ def _old_glm_infill(model, params, part_a, mask_pos, start_id, eos, rng,
         'decoder_causal_attention': jnp.asarray(causal),
         'decoder_positions': jnp.asarray(positions, jnp.int32),
         'decoder_block_positions': jnp.asarray(block, jnp.int32)})
-    return decoding._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
+    return generation._row_logits(logits, state.cur_index), state.cache  # pylint: disable=protected-access
 
   seqs, _ = jax.jit(lambda i, r: decoding.temperature_sample(
       i, (), fn, eos, r, temperature=temperature, topk=topk, topp=topp,
@@ -392,7 +393,7 @@ def test_causal_prompt_equals_old_script_callback(fp32, decoder_lm,
   cfg = dict(method='greedy' if temperature == 0 else 'sample',
              temperature=temperature, top_k=topk, top_p=topp, eos_id=eos)
   for use_cache in (True, False):
-    tok, _ = decoding.predict_batch(model, params, batch, cfg, rng,
+    tok, _ = generation.predict_batch(model, params, batch, cfg, rng,
                                     use_cache=use_cache, bidirectional_prompt=False)
     tok = np.asarray(tok)
     np.testing.assert_array_equal(tok[:, :length - len(ids)], ref,
@@ -403,8 +404,8 @@ def test_causal_prompt_equals_old_script_callback(fp32, decoder_lm,
   # Causal and bidirectional attention over the prompt are different models
   # (a random one may still agree on the argmax: compare the scores).
   greedy = dict(cfg, method='greedy')
-  _, bi = decoding.predict_batch(model, params, batch, greedy, rng)
-  _, uni = decoding.predict_batch(model, params, batch, greedy, rng,
+  _, bi = generation.predict_batch(model, params, batch, greedy, rng)
+  _, uni = generation.predict_batch(model, params, batch, greedy, rng,
                                   bidirectional_prompt=False)
   assert not np.allclose(bi, uni, rtol=1e-3)
 
@@ -417,10 +418,10 @@ def glm_lm():
 @pytest.mark.parametrize('temperature,topk,topp', _SAMPLINGS)
 def test_glm_infill_equals_old_script_callback(fp32, glm_lm, temperature,
                                                topk, topp):
-  """objectives.glm_infill.infill (via decoding.predict_with_features) gives
+  """objectives.glm.infill (via generation.predict_with_features) gives
   the tokens of the script's hand-written GLM callback, 2D positions and
   all."""
-  from t5x_lite.objectives import glm_infill  # pylint: disable=g-import-not-at-top
+  from t5x_lite.objectives import glm  # pylint: disable=g-import-not-at-top
   model, params = glm_lm
   mask, start, eos, span_len = 63, 61, 1, 6
   rng_np = np.random.RandomState(3)
@@ -430,26 +431,26 @@ def test_glm_infill_equals_old_script_callback(fp32, glm_lm, temperature,
   rng = jax.random.PRNGKey(6)
   ref = _old_glm_infill(model, params, part_a, mask_pos, start, eos, rng,
                         temperature, topk, topp, span_len=span_len)
-  got = glm_infill.infill(model, params, part_a, mask_pos, start, eos, rng,
+  got = glm.infill(model, params, part_a, mask_pos, start, eos, rng,
                           temperature, topk, topp, span_len=span_len)
   assert got.shape == ref.shape == (3, span_len + 1)
   np.testing.assert_array_equal(got, ref)
   assert got[:, 0].all()  # something was generated
   # The 2D positions matter: without them the model infills differently.
-  batch = glm_infill.infill_batch(part_a, mask_pos, start, span_len)
+  batch = glm.infill_batch(part_a, mask_pos, start, span_len)
   plain = {k: v for k, v in batch.items()
            if k not in ('decoder_positions', 'decoder_block_positions')}
-  tok, _ = decoding.predict_with_features(
+  tok, _ = generation.predict_with_features(
       model, params, plain, dict(method='greedy', eos_id=eos))
-  greedy = glm_infill.infill(model, params, part_a, mask_pos, start, eos, rng,
+  greedy = glm.infill(model, params, part_a, mask_pos, start, eos, rng,
                              span_len=span_len)
   assert not np.array_equal(np.asarray(tok)[:, :span_len + 1], greedy)
 
 
 def test_glm_infill_batch_layout():
-  from t5x_lite.objectives import glm_infill  # pylint: disable=g-import-not-at-top
+  from t5x_lite.objectives import glm  # pylint: disable=g-import-not-at-top
   part_a = np.array([[5, 6, 63, 7]], np.int32)
-  b = glm_infill.infill_batch(part_a, 2, start_id=61, span_len=2)
+  b = glm.infill_batch(part_a, 2, start_id=61, span_len=2)
   np.testing.assert_array_equal(b['decoder_input_tokens'],
                                 [[5, 6, 63, 7, 61, 0, 0]])
   np.testing.assert_array_equal(b['decoder_causal_attention'],
@@ -459,9 +460,9 @@ def test_glm_infill_batch_layout():
   np.testing.assert_array_equal(b['decoder_block_positions'],
                                 [[0, 0, 0, 0, 1, 2, 3]])
   with pytest.raises(ValueError, match='mask_pos'):
-    glm_infill.infill_batch(part_a, 4, 61, 2)
+    glm.infill_batch(part_a, 4, 61, 2)
   with pytest.raises(ValueError, match='padding'):
-    glm_infill.infill_batch(np.array([[5, 0, 63]]), 2, 61, 2)
+    glm.infill_batch(np.array([[5, 0, 63]]), 2, 61, 2)
 
 
 @pytest.mark.parametrize('method', ['greedy', 'beam'])
@@ -478,8 +479,8 @@ def test_features_path_equals_predict_batch(fp32, decoder_lm, method):
     causal[r, :p + 1] = 1
   batch = {'decoder_input_tokens': dec, 'decoder_causal_attention': causal}
   cfg = dict(method=method, beam_size=3, alpha=0.6)
-  tok, score = decoding.predict_batch(model, params, batch, cfg)
-  got, got_score = decoding.predict_with_features(model, params, batch, cfg)
+  tok, score = generation.predict_batch(model, params, batch, cfg)
+  got, got_score = generation.predict_with_features(model, params, batch, cfg)
   np.testing.assert_array_equal(got, tok)
   np.testing.assert_allclose(got_score, score, rtol=1e-5)
 
@@ -488,9 +489,9 @@ def test_features_path_errors_name_the_fix(encdec, decoder_lm):
   model, params = decoder_lm
   dec = np.ones((2, 8), np.int32)
   with pytest.raises(ValueError, match='whole buffer'):
-    decoding.predict_with_features(
+    generation.predict_with_features(
         model, params, {'decoder_input_tokens': dec,
                         'decoder_positions': dec[:, :4]}, {})
   with pytest.raises(ValueError, match='use predict_batch'):
-    decoding.predict_with_features(encdec[0], encdec[1],
+    generation.predict_with_features(encdec[0], encdec[1],
                                    {'decoder_input_tokens': dec}, {})
