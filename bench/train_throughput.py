@@ -53,6 +53,7 @@ from t5x_lite import lengths
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file.')
@@ -119,25 +120,29 @@ def peak_memory_gb():
 
 
 def _setup(config):
-  """(batch size, mesh, batch sharding, model, optimizer) of a point."""
+  """(batch size, mesh, rules, batch sharding, model, optimizer, schedule)."""
   batch_size = _BATCH.value or config.train.batch_size
   config.train.batch_size = batch_size
   config_lib.validate(config)
   mesh = partitioning.make_mesh(config.mesh)
-  batch_sharding = partitioning.batch_sharding(
-      mesh, partitioning.logical_rules(config))
+  rules = partitioning.logical_rules(config.mesh.rules)
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
   model = objectives.build_model(config)
-  tx, _ = optimizers.make_optimizer(config)
-  return batch_size, mesh, batch_sharding, model, tx
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(config))
+  return batch_size, mesh, rules, batch_sharding, model, tx, schedule
 
 
 def measure(config, config_name):
   """Runs one point in this process; returns its JSON-able dict."""
-  batch_size, mesh, batch_sharding, model, tx = _setup(config)
+  batch_size, mesh, rules, batch_sharding, model, tx, schedule = _setup(
+      config)
   state, shardings = trainer.create_train_state(
-      model, tx, config, mesh, jax.random.PRNGKey(config.train.seed))
-  step = trainer.make_train_step(model, tx, config, mesh, shardings,
-                                 batch_sharding)
+      model, tx, mesh, rules, dict(config.task.feature_lengths),
+      jax.random.PRNGKey(config.train.seed))
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      shardings, batch_sharding, schedule=schedule)
   # Batches live on device before timing: the step alone is measured.
   batches = [partitioning.shard_batch(synthetic_batch(model, config,
                                                       batch_size, s),
@@ -197,10 +202,13 @@ def memory_plan(config, config_name):
   the GPU's; on CPU it is an estimate (the CPU compiler upcasts some bf16
   work to f32, so it errs high).
   """
-  batch_size, mesh, batch_sharding, model, tx = _setup(config)
-  abstract, shardings = trainer.abstract_train_state(model, tx, config, mesh)
-  step = trainer.make_train_step(model, tx, config, mesh, shardings,
-                                 batch_sharding)
+  batch_size, mesh, rules, batch_sharding, model, tx, schedule = _setup(
+      config)
+  abstract, shardings = trainer.abstract_train_state(
+      model, tx, mesh, rules, dict(config.task.feature_lengths))
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      shardings, batch_sharding, schedule=schedule)
   batch = {k: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=batch_sharding)
            for k, v in model.input_shapes(config.task.feature_lengths,
                                           batch_size).items()}

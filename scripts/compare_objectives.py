@@ -59,6 +59,7 @@ from t5x_lite import models
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 _SEEDS = flags.DEFINE_string('seeds', '0,1', 'Comma-separated seeds.')
@@ -163,17 +164,20 @@ class Runner:
     config_lib.validate(config, num_devices=1)
     self.config = config
     self.model = objectives.build_model(config)
-    self.tx, schedule = optimizers.make_optimizer(config)
+    self.tx, schedule = optimizers.make_optimizer(
+        run_config.OptimizerConfig.from_config(config))
     self.mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
-    rules = partitioning.logical_rules(config)
+    rules = partitioning.logical_rules(config.mesh.rules)
     self.batch_sharding = partitioning.batch_sharding(self.mesh, rules)
-    _, self.shardings = trainer.abstract_train_state(self.model, self.tx,
-                                                     config, self.mesh)
+    _, self.shardings = trainer.abstract_train_state(
+        self.model, self.tx, self.mesh, rules,
+        dict(config.task.feature_lengths))
     self.train_step = trainer.make_train_step(
-        self.model, self.tx, config, self.mesh, self.shardings,
-        self.batch_sharding, schedule=schedule)
+        self.model, self.tx, run_config.StepConfig.from_config(config),
+        self.mesh, rules, self.shardings, self.batch_sharding,
+        schedule=schedule)
     self.eval_step = trainer.make_eval_step(
-        self.model, config, self.mesh, self.shardings.params,
+        self.model, self.mesh, rules, self.shardings.params,
         self.batch_sharding)
     shapes = self.model.input_shapes(config.task.feature_lengths, 1)
 

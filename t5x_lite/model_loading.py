@@ -123,7 +123,9 @@ def load_model(config, path: str, mesh=None):
     logging.info('config.model from the checkpoint: %s', change)
   model = objectives.build_model(config)
   mesh = mesh or partitioning.make_mesh(config.mesh)
-  abstract, shardings = trainer.abstract_params(model, config, mesh)
+  abstract, shardings = trainer.abstract_params(
+      model, mesh, partitioning.logical_rules(config.mesh.rules),
+      dict(config.task.feature_lengths))
   try:
     params = checkpoints.restore_params(path, abstract)
   except checkpoints.CheckpointError as e:

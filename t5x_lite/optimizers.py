@@ -1,10 +1,11 @@
-"""Optax chains and learning-rate schedules from `config.optimizer`.
+"""Optax chains and learning-rate schedules from a run_config.OptimizerConfig.
 
-`make_optimizer(config) -> (tx, schedule)`; `schedule(step)` is the learning
-rate the step-th update uses (step counts updates applied so far, from 0).
+`make_optimizer(OptimizerConfig.from_config(config)) -> (tx, schedule)`;
+`schedule(step)` is the learning rate the step-th update uses (step counts
+updates applied so far, from 0).
 
-Schedules (peak = optimizer.learning_rate, W = warmup_steps, D = decay_steps
-or train.num_steps when 0, end = end_learning_rate_fraction * peak):
+Schedules (peak = learning_rate, W = warmup_steps, D = decay_steps or
+num_steps (train.num_steps) when 0, end = end_learning_rate_fraction * peak):
   rsqrt     T5's inverse square root: peak * sqrt(W / max(step, W)). As in T5
             and T5X ('constant * rsqrt_decay' with base 1.0 and 10k warmup
             steps is 0.01 flat, then 1/sqrt(step)), "warmup" is a flat
@@ -35,6 +36,7 @@ import jax.numpy as jnp
 import optax
 
 from t5x_lite.config import ConfigError
+from t5x_lite.run_config import OptimizerConfig
 
 Schedule = Callable[[jax.Array], jax.Array]
 
@@ -49,14 +51,13 @@ def _warmup(step, peak, warmup_steps):
   return peak * jnp.minimum(1.0, step / warmup_steps)
 
 
-def make_schedule(config) -> Schedule:
-  """The learning-rate schedule `config.optimizer` describes (module doc)."""
-  o = config.optimizer
-  peak = float(o.learning_rate)
-  warmup = int(o.warmup_steps)
-  decay_steps = int(o.decay_steps) or int(config.train.num_steps)
-  end = peak * float(o.end_learning_rate_fraction)
-  name = o.schedule
+def make_schedule(opt: OptimizerConfig) -> Schedule:
+  """The learning-rate schedule `opt` describes (module doc)."""
+  peak = opt.learning_rate
+  warmup = opt.warmup_steps
+  decay_steps = opt.decay_steps or opt.num_steps
+  end = peak * opt.end_learning_rate_fraction
+  name = opt.schedule
 
   if name in ('linear', 'cosine') and decay_steps <= warmup:
     raise ConfigError(
@@ -100,31 +101,29 @@ def _decay_mask(params):
   return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(config) -> Tuple[optax.GradientTransformation, Schedule]:
-  """`(tx, schedule)` for `config.optimizer` (see the module doc)."""
-  o = config.optimizer
-  schedule = make_schedule(config)
+def make_optimizer(opt: OptimizerConfig
+                   ) -> Tuple[optax.GradientTransformation, Schedule]:
+  """`(tx, schedule)` for `opt` (see the module doc)."""
+  o = opt
+  schedule = make_schedule(opt)
   if o.name == 'adafactor':
-    momentum = float(o.get('adafactor_momentum', 0.0))
     tx = optax.adafactor(
         learning_rate=schedule,
-        min_dim_size_to_factor=int(o.get('min_dim_size_to_factor', 128)),
-        decay_rate=float(o.decay_rate),
-        multiply_by_parameter_scale=bool(o.multiply_by_parameter_scale),
-        clipping_threshold=(float(o.clipping_threshold)
+        min_dim_size_to_factor=o.min_dim_size_to_factor,
+        decay_rate=o.decay_rate,
+        multiply_by_parameter_scale=o.multiply_by_parameter_scale,
+        clipping_threshold=(o.clipping_threshold
                             if o.clipping_threshold > 0 else None),
-        momentum=momentum if momentum > 0 else None,
-        weight_decay_rate=(float(o.weight_decay) if o.weight_decay > 0
-                           else None),
-        factored=bool(o.factored))
+        momentum=o.adafactor_momentum if o.adafactor_momentum > 0 else None,
+        weight_decay_rate=o.weight_decay if o.weight_decay > 0 else None,
+        factored=o.factored)
   elif o.name == 'adamw':
     tx = optax.adamw(
-        learning_rate=schedule, b1=float(o.b1), b2=float(o.b2),
-        eps=float(o.eps), weight_decay=float(o.weight_decay),
-        mask=_decay_mask)
+        learning_rate=schedule, b1=o.b1, b2=o.b2, eps=o.eps,
+        weight_decay=o.weight_decay, mask=_decay_mask)
   else:
     raise ConfigError(
         f'optimizer.name={o.name!r} is not one of adafactor, adamw.')
   if o.grad_clip_norm > 0:
-    tx = optax.chain(optax.clip_by_global_norm(float(o.grad_clip_norm)), tx)
+    tx = optax.chain(optax.clip_by_global_norm(o.grad_clip_norm), tx)
   return tx, schedule

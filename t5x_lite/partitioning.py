@@ -118,15 +118,12 @@ def _device_mesh(shape, devices):
 # ---- logical axis rules ------------------------------------------------------
 
 
-def logical_rules(config_or_rules) -> Tuple[Tuple[str, Any], ...]:
-  """`config.mesh.rules` (or the rules themselves) as flax's tuple of pairs.
+def logical_rules(rules) -> Tuple[Tuple[str, Any], ...]:
+  """`config.mesh.rules` as flax's tuple of (logical name, mesh axes) pairs.
 
   Configs written as JSON or overridden from the command line may hold lists;
   flax wants tuples, and a mesh axis name that does not exist is a user error.
   """
-  rules = config_or_rules
-  if hasattr(rules, 'mesh'):
-    rules = rules.mesh.rules
   out = []
   for pair in rules:
     if len(pair) != 2:

@@ -8,7 +8,7 @@ Behind evaluation.py (seqio metrics, samples, teacher-forced loss) and
 inference.py (infer.py's decode / score of text). Batches are host numpy;
 `put` places one on the mesh (rows sharded over the batch axes).
 """
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import jax
 import numpy as np
@@ -22,19 +22,23 @@ from t5x_lite import trainer
 class Predictor:
   """Jitted decode / score over a model and its (sharded) params."""
 
-  def __init__(self, model, params, config, mesh=None, param_shardings=None):
+  def __init__(self, model, params, settings: generation.DecodeSettings, *,
+               mesh=None, rules: Tuple[Tuple[str, Any], ...] = (),
+               param_shardings: Optional[Any] = None):
+    """settings: DecodeSettings.from_config(config.decoding); mesh, rules
+    (partitioning.logical_rules(config.mesh.rules)) and param_shardings:
+    where the params live (all three, or none: unsharded jit)."""
     self.model = model
     self.params = params
-    self.config = config
-    self.settings = generation.DecodeSettings.from_config(config.decoding)
+    self.settings = settings
     self.mesh = mesh
+    self.rules = rules
     self.param_shardings = param_shardings
     self.sharded = mesh is not None and param_shardings is not None
     if self.sharded:
-      rules = partitioning.logical_rules(config)
       self.batch_sharding = partitioning.batch_sharding(mesh, rules)
       self.num_shards = partitioning.num_batch_shards(mesh, rules)
-      self._score = trainer.make_score_step(model, config, mesh,
+      self._score = trainer.make_score_step(model, mesh, rules,
                                             param_shardings,
                                             self.batch_sharding)
     else:
@@ -46,8 +50,11 @@ class Predictor:
     """(predictor, info) over the params at `path` (model_loading.load_model:
     structural config.model fields from the checkpoint, params sharded)."""
     model, params, info = model_loading.load_model(config, path)
-    return cls(model, params, config, info['mesh'],
-               info['param_shardings']), info
+    return cls(model, params,
+               generation.DecodeSettings.from_config(config.decoding),
+               mesh=info['mesh'],
+               rules=partitioning.logical_rules(config.mesh.rules),
+               param_shardings=info['param_shardings']), info
 
   def put(self, batch):
     """Host numpy batch -> what the jitted steps take."""
@@ -59,7 +66,7 @@ class Predictor:
     """Jitted `eval_step(params, placed batch) -> sums` (models.SUM_KEYS)
     over this predictor's mesh (evaluation.teacher_forced sums them)."""
     if self.sharded:
-      return trainer.make_eval_step(self.model, self.config, self.mesh,
+      return trainer.make_eval_step(self.model, self.mesh, self.rules,
                                     self.param_shardings, self.batch_sharding)
     return jax.jit(self.model.eval_fn)
 

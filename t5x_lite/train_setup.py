@@ -30,6 +30,7 @@ from t5x_lite import distributed
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 from t5x_lite.config import ConfigError
 
@@ -172,7 +173,7 @@ def _all_processes_agree(ok: bool) -> bool:
 def _mesh_and_hosts(config):
   """(mesh, batch sharding, train host shard, eval host shard)."""
   mesh = partitioning.make_mesh(config.mesh)
-  rules = partitioning.logical_rules(config)
+  rules = partitioning.logical_rules(config.mesh.rules)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
   host = distributed.host_shard(config.train.batch_size, batch_sharding)
   eval_batch = int(config.eval.batch_size) or int(config.train.batch_size)
@@ -185,8 +186,8 @@ def _mesh_and_hosts(config):
   return mesh, batch_sharding, host, eval_host
 
 
-def _restore_or_init(config, model, tx, mesh, ckpt, abstract_state, init_rng
-                     ) -> tuple:
+def _restore_or_init(config, model, tx, mesh, rules, ckpt, abstract_state,
+                     init_rng) -> tuple:
   """(state, checkpoints.Restored or None): resume, or init (optionally with
   the params of checkpoint.restore_from and a fresh optimizer state)."""
   restored = ckpt.restore(abstract_state)
@@ -194,7 +195,8 @@ def _restore_or_init(config, model, tx, mesh, ckpt, abstract_state, init_rng
     warn_on_config_drift(restored.config, config)
     logging.info('Resumed from %s/%d.', ckpt.directory, restored.step)
     return restored.state, restored
-  state, _ = trainer.create_train_state(model, tx, config, mesh, init_rng)
+  state, _ = trainer.create_train_state(
+      model, tx, mesh, rules, dict(config.task.feature_lengths), init_rng)
   if config.checkpoint.restore_from:
     params = checkpoints.restore_params(config.checkpoint.restore_from,
                                         abstract_state.params)
@@ -241,10 +243,12 @@ def setup(config, workdir: str) -> RunSetup:
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
 
   model = objectives.build_model(config)
-  tx, schedule = optimizers.make_optimizer(config)
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(config))
   mesh, batch_sharding, host, eval_host = _mesh_and_hosts(config)
+  rules = partitioning.logical_rules(config.mesh.rules)
   abstract_state, state_shardings = trainer.abstract_train_state(
-      model, tx, config, mesh)
+      model, tx, mesh, rules, dict(config.task.feature_lengths))
   logging.info('mesh %s; %d processes; this one reads input shard %d/%d '
                '(%d rows per step)', dict(mesh.shape), jax.process_count(),
                host.index, host.num_shards, host.per_host_batch_size)
@@ -257,7 +261,7 @@ def setup(config, workdir: str) -> RunSetup:
       async_save=bool(config.checkpoint.async_save))
   init_rng, dropout_rng = jax.random.split(
       jax.random.PRNGKey(int(config.train.seed)))
-  state, restored = _restore_or_init(config, model, tx, mesh, ckpt,
+  state, restored = _restore_or_init(config, model, tx, mesh, rules, ckpt,
                                      abstract_state, init_rng)
   start_step = int(jax.device_get(state.step))
   position = data_position(config, restored, start_step)
@@ -268,10 +272,10 @@ def setup(config, workdir: str) -> RunSetup:
       shuffle=bool(config.task.shuffle),
       skip_batches=position.batches_consumed)
 
-  train_step = trainer.make_train_step(model, tx, config, mesh,
-                                       state_shardings, batch_sharding,
-                                       schedule=schedule)
-  eval_step = trainer.make_eval_step(model, config, mesh,
+  train_step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      state_shardings, batch_sharding, schedule=schedule)
+  eval_step = trainer.make_eval_step(model, mesh, rules,
                                      state_shardings.params, batch_sharding)
   return RunSetup(
       config=config, workdir=workdir, model=model, mesh=mesh,

@@ -1,22 +1,33 @@
 """Train and eval step builders: jitted once, with explicit shardings.
 
-  state, state_shardings = create_train_state(model, tx, config, mesh, rng)
-  train_step = make_train_step(model, tx, config, mesh, state_shardings,
-                               batch_sharding)
+  rules = partitioning.logical_rules(config.mesh.rules)
+  tx, schedule = optimizers.make_optimizer(OptimizerConfig.from_config(config))
+  lengths = dict(config.task.feature_lengths)
+  state, state_shardings = create_train_state(model, tx, mesh, rules, lengths,
+                                              rng)
+  train_step = make_train_step(model, tx, StepConfig.from_config(config),
+                               mesh, rules, state_shardings, batch_sharding,
+                               schedule=schedule)
   state, metrics = train_step(state, batch, rng)   # batch: global jax.Arrays
-  abstract, shardings = abstract_params(model, config, mesh)  # eval / infer
+  abstract, shardings = abstract_params(model, mesh, rules, lengths)  # eval
+
+No ConfigDict below the edge: every builder takes explicit arguments in one
+order: model, the optimizer (tx), the StepConfig (run_config), the mesh, the
+logical rules (partitioning.logical_rules' tuple), then what that builder
+alone needs (feature_lengths for the init batch's shapes, or the shardings),
+the rng last; options are keyword-only.
 
 The state is born sharded (a jitted init with out_shardings: no host copy of
 the full params); the step donates it. Inside every step the mesh and the
 logical rules are in context, so the network's activation constraints apply.
 
-Gradient accumulation (config.train.microbatches = M) scans over M slices of
+Gradient accumulation (StepConfig.microbatches = M) scans over M slices of
 the batch, summing gradients of the *summed* loss and the token counts, and
 divides once at the end: the result equals one step on the whole batch (up to
 float summation order). Microbatch m takes rows m, m+M, m+2M, ...: every
 device keeps its own rows, so the split moves no data.
 """
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Tuple
 
 import flax.struct
 import jax
@@ -25,8 +36,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
 from t5x_lite import models as models_lib
-from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite.run_config import StepConfig
 
 
 @flax.struct.dataclass
@@ -39,9 +50,9 @@ class TrainState:
 # ---- state -------------------------------------------------------------------
 
 
-def _init_batch_shapes(model, config):
+def _init_batch_shapes(model, feature_lengths):
   # Params do not depend on the batch; one row keeps the traced init small.
-  return model.input_shapes(config.task.feature_lengths, 1)
+  return model.input_shapes(feature_lengths, 1)
 
 
 def _with_shardings(abstract, shardings):
@@ -51,32 +62,36 @@ def _with_shardings(abstract, shardings):
       abstract, shardings)
 
 
-def _abstract_params_and_specs(model, config, mesh):
+def _abstract_params_and_specs(model, mesh, rules, feature_lengths):
   """(param ShapeDtypeStructs, their mesh PartitionSpecs from the rules)."""
-  rules = partitioning.logical_rules(config)
-  boxed = model.abstract_params(_init_batch_shapes(model, config))
+  boxed = model.abstract_params(_init_batch_shapes(model, feature_lengths))
   return (partitioning.unbox(boxed),
           partitioning.params_specs(boxed, mesh, rules))
 
 
-def abstract_params(model, config, mesh) -> Tuple[Any, Any]:
+def abstract_params(model, mesh, rules, feature_lengths: Dict[str, int]
+                    ) -> Tuple[Any, Any]:
   """(param ShapeDtypeStructs with shardings, NamedShardings) on `mesh`.
 
   No computation: what a params-only restore (eval, infer) reads into. The
-  same shardings as abstract_train_state(...)[1].params.
+  same shardings as abstract_train_state(...)[1].params. feature_lengths:
+  the task's (config.task.feature_lengths), for the init batch's shapes.
   """
-  params, pspecs = _abstract_params_and_specs(model, config, mesh)
+  params, pspecs = _abstract_params_and_specs(model, mesh, rules,
+                                              feature_lengths)
   shardings = partitioning.specs_to_shardings(pspecs, mesh, params)
   return _with_shardings(params, shardings), shardings
 
 
 def abstract_train_state(model, optimizer: optax.GradientTransformation,
-                         config, mesh) -> Tuple[TrainState, TrainState]:
+                         mesh, rules, feature_lengths: Dict[str, int]
+                         ) -> Tuple[TrainState, TrainState]:
   """(ShapeDtypeStructs with shardings, NamedShardings) of the train state.
 
   No computation: what Orbax restores into and what jit places by.
   """
-  params, pspecs = _abstract_params_and_specs(model, config, mesh)
+  params, pspecs = _abstract_params_and_specs(model, mesh, rules,
+                                              feature_lengths)
   opt_state = jax.eval_shape(optimizer.init, params)
   ospecs = partitioning.opt_state_specs(opt_state, pspecs, params)
   abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
@@ -86,15 +101,17 @@ def abstract_train_state(model, optimizer: optax.GradientTransformation,
   return _with_shardings(abstract, shardings), shardings
 
 
-def create_train_state(model, optimizer: optax.GradientTransformation, config,
-                       mesh, rng: jax.Array) -> Tuple[TrainState, TrainState]:
+def create_train_state(model, optimizer: optax.GradientTransformation, mesh,
+                       rules, feature_lengths: Dict[str, int], rng: jax.Array
+                       ) -> Tuple[TrainState, TrainState]:
   """Initialises params and optimizer state directly into their shardings.
 
   Returns:
     (state, state_shardings); state.step == 0.
   """
-  _, shardings = abstract_train_state(model, optimizer, config, mesh)
-  batch = _init_batch_shapes(model, config)
+  _, shardings = abstract_train_state(model, optimizer, mesh, rules,
+                                      feature_lengths)
+  batch = _init_batch_shapes(model, feature_lengths)
 
   def init(rng):
     params = model.init_params(rng, batch)
@@ -134,23 +151,25 @@ def _where_finite(ok, new, old):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
-def make_train_step(model, optimizer: optax.GradientTransformation, config,
-                    mesh, state_shardings: TrainState,
+def make_train_step(model, optimizer: optax.GradientTransformation,
+                    step_cfg: StepConfig, mesh, rules,
+                    state_shardings: TrainState,
                     batch_sharding: NamedSharding, *,
-                    schedule: Optional[Callable] = None,
+                    schedule: Callable[[jax.Array], jax.Array],
                     donate: bool = True) -> Callable:
   """Jitted `train_step(state, batch, rng) -> (state, metrics)`.
 
   Args:
     model: a models.BaseModel.
     optimizer: the optax transformation of optimizers.make_optimizer.
-    config: the run's ConfigDict (train.microbatches,
-      train.loss_normalizing_factor, train.skip_nonfinite_updates, mesh.rules,
-      optimizer.*).
+    step_cfg: microbatches, loss_normalizing_factor, skip_nonfinite_updates
+      (run_config.StepConfig.from_config(config)).
     mesh: the mesh the shardings live on.
+    rules: partitioning.logical_rules(config.mesh.rules).
     state_shardings: from create_train_state / abstract_train_state.
     batch_sharding: partitioning.batch_sharding(mesh, rules).
-    schedule: learning-rate schedule for the metric (default: from config).
+    schedule: the optimizer's learning-rate schedule (make_optimizer's), for
+      the learning_rate metric.
     donate: donate the input state's buffers (off to keep the input alive).
   Returns:
     train_step; metrics (replicated float32 scalars): loss (incl. z-loss),
@@ -158,11 +177,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
     is_finite (1.0 when loss and grad norm are finite), skipped (1.0 when
     skip_nonfinite_updates dropped this update; the step counter still moves).
   """
-  rules = partitioning.logical_rules(config)
-  num_micro = int(config.train.microbatches)
-  lnf = float(config.train.loss_normalizing_factor)
-  skip_nonfinite = bool(config.train.skip_nonfinite_updates)
-  schedule = schedule or optimizers.make_schedule(config)
+  num_micro = step_cfg.microbatches
+  lnf = step_cfg.loss_normalizing_factor
+  skip_nonfinite = step_cfg.skip_nonfinite_updates
   num_shards = partitioning.num_batch_shards(mesh, rules)
   grad_shardings = state_shardings.params
 
@@ -236,14 +253,13 @@ def make_train_step(model, optimizer: optax.GradientTransformation, config,
 # ---- eval and scoring --------------------------------------------------------
 
 
-def make_eval_step(model, config, mesh, params_shardings,
+def make_eval_step(model, mesh, rules, params_shardings,
                    batch_sharding: NamedSharding) -> Callable:
   """Jitted `eval_step(params, batch) -> dict of sums` (models.SUM_KEYS).
 
   Add the sums over batches, then `models.finalize_metrics(sums)` for the
   per-token loss, z_loss and accuracy.
   """
-  rules = partitioning.logical_rules(config)
 
   def eval_step(params, batch) -> Dict[str, jax.Array]:
     with partitioning.activation_context(mesh, rules):
@@ -253,11 +269,10 @@ def make_eval_step(model, config, mesh, params_shardings,
                  out_shardings=partitioning.replicated(mesh))
 
 
-def make_score_step(model, config, mesh, params_shardings,
+def make_score_step(model, mesh, rules, params_shardings,
                     batch_sharding: NamedSharding) -> Callable:
   """Jitted `score_step(params, batch) -> [batch] log-likelihood` (sharded
   like the batch), for seqio scoring evals."""
-  rules = partitioning.logical_rules(config)
 
   def score_step(params, batch):
     with partitioning.activation_context(mesh, rules):

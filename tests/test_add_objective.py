@@ -17,6 +17,7 @@ from t5x_lite import config as config_lib
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 tasks = pytest.importorskip('t5x_lite.tasks')
@@ -76,13 +77,16 @@ def test_its_batches_delete_about_15_percent_in_order(config):
 def test_the_normal_train_step_trains_it(config):
   batch = next(tasks.get_dataset(config, 'train', batch_size=8, seed=0))
   model = objectives.build_model(config)
-  tx, _ = optimizers.make_optimizer(config)
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(config))
   mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
-  rules = partitioning.logical_rules(config)
-  state, shardings = trainer.create_train_state(model, tx, config, mesh,
-                                                jax.random.PRNGKey(0))
-  step = trainer.make_train_step(model, tx, config, mesh, shardings,
-                                 partitioning.batch_sharding(mesh, rules))
+  rules = partitioning.logical_rules(config.mesh.rules)
+  state, shardings = trainer.create_train_state(
+      model, tx, mesh, rules, dict(config.task.feature_lengths),
+      jax.random.PRNGKey(0))
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      shardings, partitioning.batch_sharding(mesh, rules), schedule=schedule)
   losses = []
   for _ in range(8):
     state, m = step(state, batch, jax.random.PRNGKey(1))

@@ -329,6 +329,7 @@ def test_train_state_moves_between_mesh_shapes(tmp_path):
   from t5x_lite import models
   from t5x_lite import optimizers
   from t5x_lite import partitioning
+  from t5x_lite import run_config
   from t5x_lite import trainer
 
   def setup(mesh_dims):
@@ -339,12 +340,15 @@ def test_train_state_moves_between_mesh_shapes(tmp_path):
     c.optimizer.min_dim_size_to_factor = 16
     c.mesh.data, c.mesh.fsdp, c.mesh.tensor = mesh_dims
     model = objectives.build_model(c)
-    tx, _ = optimizers.make_optimizer(c)
+    tx, _ = optimizers.make_optimizer(
+        run_config.OptimizerConfig.from_config(c))
     mesh = partitioning.make_mesh(c.mesh)
     return c, model, tx, mesh
 
   c, model, tx, mesh = setup((1, 8, 1))
-  state, _ = trainer.create_train_state(model, tx, c, mesh,
+  rules = partitioning.logical_rules(c.mesh.rules)
+  state, _ = trainer.create_train_state(model, tx, mesh, rules,
+                                        dict(c.task.feature_lengths),
                                         jax.random.PRNGKey(3))
   emb = state.params['token_embedder']['embedding']
   assert tuple(emb.sharding.spec)[-1] == 'fsdp'  # [vocab, embed]
@@ -353,7 +357,8 @@ def test_train_state_moves_between_mesh_shapes(tmp_path):
     ckpt.save(1, state, data={'batches_consumed': {'0': 1}})
 
   c, model, tx, mesh = setup((2, 4, 1))
-  abstract, shardings = trainer.abstract_train_state(model, tx, c, mesh)
+  abstract, shardings = trainer.abstract_train_state(
+      model, tx, mesh, rules, dict(c.task.feature_lengths))
   r = checkpoints.Checkpointer(d).restore(abstract)
   emb = r.state.params['token_embedder']['embedding']
   assert emb.sharding.mesh.shape['fsdp'] == 4

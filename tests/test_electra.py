@@ -19,6 +19,7 @@ from t5x_lite import losses
 from t5x_lite import models
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 VOCAB, LEN, BATCH, MASK = 64, 16, 4, 63
@@ -199,13 +200,16 @@ def test_train_steps_with_microbatches_fall_and_log_electra_metrics():
   c = _config()
   c.train.microbatches = 2  # the accumulation carry holds ELECTRA's sums
   model = objectives.build_model(c)
-  tx, _ = optimizers.make_optimizer(c)
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(c))
   mesh = partitioning.make_mesh(c.mesh, jax.devices()[:1])
-  rules = partitioning.logical_rules(c)
-  state, shardings = trainer.create_train_state(model, tx, c, mesh,
-                                                jax.random.PRNGKey(0))
-  step = trainer.make_train_step(model, tx, c, mesh, shardings,
-                                 partitioning.batch_sharding(mesh, rules))
+  rules = partitioning.logical_rules(c.mesh.rules)
+  state, shardings = trainer.create_train_state(
+      model, tx, mesh, rules, dict(c.task.feature_lengths),
+      jax.random.PRNGKey(0))
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(c), mesh, rules,
+      shardings, partitioning.batch_sharding(mesh, rules), schedule=schedule)
   batch = _batch()
   hist = []
   for _ in range(12):

@@ -24,6 +24,7 @@ from t5x_lite import objectives
 from t5x_lite import network
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 VOCAB, IN_LEN, OUT_LEN, BATCH, STEPS = 256, 32, 16, 16, 20
@@ -134,23 +135,28 @@ def _train(config, params=None):
   """(initial params, losses of STEPS steps), fresh AdamW. `params` (unrolled
   layout) start the run; None initialises them from PRNGKey(0)."""
   model = objectives.build_model(config)
-  tx, _ = optimizers.make_optimizer(config)
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(config))
   mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
+  rules = partitioning.logical_rules(config.mesh.rules)
+  lengths = dict(config.task.feature_lengths)
   if params is None:
-    state, shardings = trainer.create_train_state(model, tx, config, mesh,
+    state, shardings = trainer.create_train_state(model, tx, mesh, rules,
+                                                  lengths,
                                                   jax.random.PRNGKey(0))
     params = jax.device_get(state.params)
   else:
-    _, shardings = trainer.abstract_train_state(model, tx, config, mesh)
+    _, shardings = trainer.abstract_train_state(model, tx, mesh, rules,
+                                                lengths)
     stacked = (network.stack_layers(params) if config.model.scan_layers
                else params)
     state = jax.device_put(
         trainer.TrainState(step=jnp.zeros((), jnp.int32), params=stacked,
                            opt_state=tx.init(stacked)), shardings)
-  batch_sharding = partitioning.batch_sharding(
-      mesh, partitioning.logical_rules(config))
-  step = trainer.make_train_step(model, tx, config, mesh, shardings,
-                                 batch_sharding)
+  batch_sharding = partitioning.batch_sharding(mesh, rules)
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      shardings, batch_sharding, schedule=schedule)
   losses = []
   for b in _batches():
     state, m = step(state, partitioning.shard_batch(b, batch_sharding),

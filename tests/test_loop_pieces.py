@@ -27,12 +27,14 @@ from configs import models as sizes
 from t5x_lite import checkpoints
 from t5x_lite import distributed
 from t5x_lite import evaluation
+from t5x_lite import generation
 from t5x_lite import loop
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import models
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import train_setup
 from t5x_lite import trainer
 from t5x_lite.predictor import Predictor
@@ -257,13 +259,14 @@ def _tiny_run_config(**mesh):
 def test_periodic_eval_equals_evaluation_teacher_forced(tmp_path):
   c = _tiny_run_config()
   model = objectives.build_model(c)
-  tx, _ = optimizers.make_optimizer(c)
+  tx, _ = optimizers.make_optimizer(run_config.OptimizerConfig.from_config(c))
   mesh = partitioning.make_mesh(c.mesh)
-  rules = partitioning.logical_rules(c)
+  rules = partitioning.logical_rules(c.mesh.rules)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
-  state, shardings = trainer.create_train_state(model, tx, c, mesh,
-                                                jax.random.PRNGKey(1))
-  eval_step = trainer.make_eval_step(model, c, mesh, shardings.params,
+  state, shardings = trainer.create_train_state(
+      model, tx, mesh, rules, dict(c.task.feature_lengths),
+      jax.random.PRNGKey(1))
+  eval_step = trainer.make_eval_step(model, mesh, rules, shardings.params,
                                      batch_sharding)
   data = train_setup.EvalData(
       c, distributed.host_shard(c.train.batch_size, batch_sharding))
@@ -281,7 +284,9 @@ def test_periodic_eval_equals_evaluation_teacher_forced(tmp_path):
   assert record['step'] == 10 and record['eval/loss'] == got['eval/loss']
 
   # evaluation.py's numbers: the same batches, the same function.
-  predictor = Predictor(model, state.params, c, mesh, shardings.params)
+  predictor = Predictor(
+      model, state.params, generation.DecodeSettings.from_config(c.decoding),
+      mesh=mesh, rules=rules, param_shardings=shardings.params)
   want = evaluation.teacher_forced_metrics(predictor, c)
   assert got == {f'eval/{k}': v for k, v in want.items()}
   # ... and by hand: model.eval_fn's sums over the batches, finalized.

@@ -1,4 +1,5 @@
 """Schedules' golden values; Adafactor against a numpy T5 reference; AdamW."""
+import dataclasses
 import math
 
 import jax
@@ -10,6 +11,8 @@ import pytest
 from configs import default
 from t5x_lite import optimizers
 from t5x_lite.config import ConfigError
+from t5x_lite.run_config import OptimizerConfig
+from t5x_lite.run_config import StepConfig
 
 
 def _config(**opt):
@@ -17,7 +20,20 @@ def _config(**opt):
   c.train.num_steps = 110
   for k, v in opt.items():
     c.optimizer[k] = v
-  return c
+  return OptimizerConfig.from_config(c)
+
+
+def test_typed_configs_default_to_configs_default():
+  c = default.get_config()
+  opt = OptimizerConfig.from_config(c)
+  assert opt == OptimizerConfig(num_steps=c.train.num_steps)
+  assert set(c.optimizer) == {f.name for f in dataclasses.fields(opt)} - {
+      'num_steps'}
+  assert StepConfig.from_config(c) == StepConfig()
+  c.optimizer.warmup_steps = 7
+  c.train.microbatches = 4
+  assert OptimizerConfig.from_config(c).warmup_steps == 7
+  assert StepConfig.from_config(c).microbatches == 4
 
 
 def _lr(schedule, steps):

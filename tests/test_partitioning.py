@@ -12,7 +12,7 @@ from configs import default
 from t5x_lite import partitioning
 from t5x_lite.config import ConfigError
 
-RULES = partitioning.logical_rules(default.get_config())
+RULES = partitioning.logical_rules(default.get_config().mesh.rules)
 
 
 def _mesh_cfg(**kw):
@@ -188,4 +188,4 @@ def test_shard_batch_places_rows_on_the_batch_axes():
 
 def test_rules_accept_a_configdict_with_lists():
   c = ml_collections.ConfigDict({'mesh': {'rules': [('embed', ['fsdp'])]}})
-  assert partitioning.logical_rules(c) == (('embed', ('fsdp',)),)
+  assert partitioning.logical_rules(c.mesh.rules) == (('embed', ('fsdp',)),)

@@ -19,6 +19,7 @@ from t5x_lite import models
 from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
+from t5x_lite import run_config
 from t5x_lite import trainer
 
 VOCAB, LEN, BATCH, STEPS = 128, 16, 8, 3
@@ -91,19 +92,23 @@ def _train(config, batches, devices=None, init_state=None):
   """Trains on `batches`; a jitted sharded init unless `init_state` (host
   arrays) is given, which is then placed with the same shardings."""
   model = _model(config)
-  tx, _ = optimizers.make_optimizer(config)
+  tx, schedule = optimizers.make_optimizer(
+      run_config.OptimizerConfig.from_config(config))
   mesh = partitioning.make_mesh(config.mesh, devices)
-  rules = partitioning.logical_rules(config)
+  rules = partitioning.logical_rules(config.mesh.rules)
+  lengths = dict(config.task.feature_lengths)
   if init_state is None:
     state, shardings = trainer.create_train_state(
-        model, tx, config, mesh, jax.random.PRNGKey(0))
+        model, tx, mesh, rules, lengths, jax.random.PRNGKey(0))
   else:
-    _, shardings = trainer.abstract_train_state(model, tx, config, mesh)
+    _, shardings = trainer.abstract_train_state(model, tx, mesh, rules,
+                                                lengths)
     state = jax.device_put(init_state, shardings)
   batch_sharding = partitioning.batch_sharding(mesh, rules)
   init_state = jax.device_get(state)  # the step donates the state
-  step = trainer.make_train_step(model, tx, config, mesh, shardings,
-                                 batch_sharding)
+  step = trainer.make_train_step(
+      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+      shardings, batch_sharding, schedule=schedule)
   metrics = []
   for b in batches:
     state, m = step(state, partitioning.shard_batch(b, batch_sharding),
@@ -276,7 +281,8 @@ def test_eval_and_score_steps_agree_with_training_loss(runs):
   batch = _batches(1, BATCH)[0]  # the first training batch
   gbatch = partitioning.shard_batch(batch, run['batch_sharding'])
   params0 = run['init_state'].params
-  eval_step = trainer.make_eval_step(model, config, mesh,
+  rules = partitioning.logical_rules(config.mesh.rules)
+  eval_step = trainer.make_eval_step(model, mesh, rules,
                                      run['shardings'].params,
                                      run['batch_sharding'])
   sums = jax.device_get(eval_step(params0, gbatch))
@@ -285,7 +291,7 @@ def test_eval_and_score_steps_agree_with_training_loss(runs):
   assert float(metrics['loss']) == pytest.approx(
       float(ref['metrics'][0]['loss']), abs=1e-5)
   assert float(sums['num_tokens']) == batch['decoder_loss_weights'].sum()
-  score_step = trainer.make_score_step(model, config, mesh,
+  score_step = trainer.make_score_step(model, mesh, rules,
                                        run['shardings'].params,
                                        run['batch_sharding'])
   scores = np.asarray(score_step(params0, gbatch))
@@ -301,10 +307,13 @@ def test_abstract_params_are_the_train_states_params(mesh_name):
   training places them by: the same shapes, dtypes and shardings."""
   c = _config(mesh=MESHES[mesh_name])
   model = _model(c)
-  tx, _ = optimizers.make_optimizer(c)
+  tx, _ = optimizers.make_optimizer(run_config.OptimizerConfig.from_config(c))
   mesh = partitioning.make_mesh(c.mesh)
-  abstract, shardings = trainer.abstract_params(model, c, mesh)
-  state, state_shardings = trainer.abstract_train_state(model, tx, c, mesh)
+  rules = partitioning.logical_rules(c.mesh.rules)
+  lengths = dict(c.task.feature_lengths)
+  abstract, shardings = trainer.abstract_params(model, mesh, rules, lengths)
+  state, state_shardings = trainer.abstract_train_state(model, tx, mesh, rules,
+                                                        lengths)
   assert jax.tree.structure(abstract) == jax.tree.structure(state.params)
   for a, b in zip(jax.tree.leaves(abstract), jax.tree.leaves(state.params)):
     assert (a.shape, a.dtype, a.sharding) == (b.shape, b.dtype, b.sharding)
