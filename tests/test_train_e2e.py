@@ -279,7 +279,12 @@ def test_command_line_overrides_and_clear_config_errors(tmp_path, jax_cache):
       ('train.num_stepz=3', "train has no key 'num_stepz'. Did you mean "
        "'num_steps'?"),
       ('task.name=shakespeare_span_corruptoin', "Did you mean "
-       "'shakespeare_span_corruption'")):
+       "'shakespeare_span_corruption'"),
+      # A key that moved names its new place; an objective the task does
+      # not train names the one it does.
+      ('model.objective=electra', 'It moved to objective.name'),
+      ('objective.name=prefix_lm', "task 'shakespeare_span_corruption' trains "
+       "objective 'span_corruption'")):
     bad = str(tmp_path / 'bad')
     run = _run(_train_cmd(bad, override), jax_cache)
     assert run.returncode == 2, (override, run.stderr[-2000:])
