@@ -23,8 +23,13 @@ import ml_collections
 
 from t5x_lite import models
 from t5x_lite.model_config import ModelConfig, options_dict
-from t5x_lite.objectives import registry
-from t5x_lite.objectives.registry import Objective, all_objectives, get, names, register  # pylint: disable=g-multiple-import,unused-import
+from t5x_lite.objectives import registry  # pylint: disable=unused-import
+# The registry's API, re-exported: objectives.register(objectives.Objective(...)).
+from t5x_lite.objectives.registry import Objective  # pylint: disable=unused-import
+from t5x_lite.objectives.registry import all_objectives
+from t5x_lite.objectives.registry import get
+from t5x_lite.objectives.registry import names  # pylint: disable=unused-import
+from t5x_lite.objectives.registry import register  # pylint: disable=unused-import
 
 # The built-ins register themselves on import.
 # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position

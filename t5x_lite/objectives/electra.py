@@ -14,10 +14,10 @@ objective='electra', e.g. shakespeare_electra) on an encoder_only model:
   2. at each selected position a replacement is sampled from the generator's
      softmax with the Gumbel-max trick on *stop-gradient* logits: the
      discriminator's loss never reaches the generator through the sample;
-  3. the discriminator (the encoder_only network with its `rtd` head) reads
-     the original text with the samples put in, and predicts per real token
-     whether it was replaced (the encoder's 'binary' head). A sample equal to the original token counts as
-     original (the ELECTRA paper's labelling);
+  3. the discriminator (the encoder_only network with its 'binary' head)
+     reads the original text with the samples put in, and predicts per real
+     token whether it was replaced. A sample equal to the original token
+     counts as original (the ELECTRA paper's labelling);
   4. loss = MLM + `disc_weight` (50) x replaced-token loss, each
      a per-token mean (MLM over selected positions, RTD over real tokens).
 
