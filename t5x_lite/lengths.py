@@ -10,6 +10,9 @@ lengths. Two views of them:
     blank_infilling  {targets: I + T}   one sequence, 2D positions
     masked_tokens    {inputs: I, targets: I}   aligned, same length
     pooled_label     {inputs: I}
+  random_spans_helper(I, ...)  T5's rule for span corruption: the raw chunk
+                             length whose corrupted inputs fill I, and the
+                             targets length they need (512 -> 568, 114)
   model_lengths(arch, fl)    the network's sequence lengths:
     encoder_decoder  encoder I (or T), decoder T (or I)
     decoder_only     decoder I + T: the prefix-LM converter concatenates
@@ -59,3 +62,33 @@ def model_lengths(arch: str, feature_lengths: Mapping[str, int]
     return {'encoder': inputs or targets}
   raise ConfigError(f'model.arch={arch!r} is not one of encoder_decoder, '
                     'decoder_only, encoder_only.')
+
+
+def random_spans_helper(inputs_length, noise_density=0.15,
+                        mean_noise_span_length=3.0,
+                        extra_tokens_per_span_inputs=1,
+                        extra_tokens_per_span_targets=1):
+  """(raw tokens_length, targets_length) so span corruption needs no padding.
+
+  T5's helper: the largest raw length whose corrupted inputs (kept tokens,
+  one sentinel per noise span, EOS) fit `inputs_length`, and the length of
+  the targets that go with it (noise tokens, a sentinel per span, EOS).
+  inputs_length=512 -> (568, 114).
+  """
+
+  def _lengths(tokens_length):
+    num_noise = int(round(tokens_length * noise_density))
+    num_nonnoise = tokens_length - num_noise
+    num_spans = int(round(num_noise / mean_noise_span_length))
+    return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
+            num_noise + num_spans * extra_tokens_per_span_targets + 1)
+
+  tokens_length = inputs_length - 1
+  while _lengths(tokens_length + 1)[0] <= inputs_length:
+    tokens_length += 1
+  _, targets_length = _lengths(tokens_length)
+  # T5's tweak for noise_density=0.5: keep targets <= inputs.
+  if noise_density == 0.5 and targets_length > inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length

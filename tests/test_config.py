@@ -259,3 +259,12 @@ def test_model_group_is_derived_from_model_config():
   assert dict(config_lib.default_config().model) == fields
   assert 'vocab_size' in model_config.STRUCTURAL_MODEL_KEYS
   assert 'dtype' not in model_config.STRUCTURAL_MODEL_KEYS
+
+
+def test_span_corruption_targets_too_short_fails_in_validation():
+  c = config_lib.default_config()
+  c.objective.name = 'span_corruption'
+  c.task.feature_lengths.inputs, c.task.feature_lengths.targets = 128, 16
+  assert 'needs targets >= 29' in _error(c)
+  c.task.feature_lengths.targets = 29
+  config_lib.validate(c, num_devices=8)

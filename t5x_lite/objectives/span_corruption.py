@@ -7,6 +7,8 @@ both sides. The op is tasks/preprocessors.denoise_spans.
 """
 import functools
 
+from t5x_lite import lengths
+from t5x_lite.model_config import ConfigError
 from t5x_lite.objectives import registry
 
 NOISE_DENSITY = 0.15
@@ -19,6 +21,21 @@ def _preprocessors(prep):
           prep.append_eos_after_trim]
 
 
+def _check(config):
+  """The targets must hold the corrupted spans of a full inputs row."""
+  inputs = int(config.task.feature_lengths.get('inputs', 0))
+  targets = int(config.task.feature_lengths.get('targets', 0))
+  if inputs <= 0:
+    raise ConfigError('span corruption needs task.feature_lengths.inputs > 0.')
+  _, needed = lengths.random_spans_helper(inputs, NOISE_DENSITY,
+                                          MEAN_NOISE_SPAN_LENGTH)
+  if targets < needed:
+    raise ConfigError(
+        f'task.feature_lengths.targets={targets} is too short for span '
+        f'corruption with inputs length {inputs}: it needs targets >= '
+        f'{needed}; set --config.task.feature_lengths.targets={needed}.')
+
+
 OBJECTIVE = registry.register(registry.Objective(
     name='span_corruption',
     layout='inputs_targets',
@@ -26,4 +43,5 @@ OBJECTIVE = registry.register(registry.Objective(
     summary='T5: 15% noise in spans of mean 3, unique sentinels',
     preprocessors=_preprocessors,
     recipe='configs/pretrain_t5.py:tiny',
+    check=_check,
 ))

@@ -25,6 +25,7 @@ The [MASK]/[CLS]/[S] ids are in t5x_lite/tasks/vocabularies.py.
 import seqio
 import tensorflow as tf
 
+from t5x_lite import lengths
 from t5x_lite.tasks import vocabularies
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -155,34 +156,9 @@ def concat_and_split(dataset, length, min_tokens=1):
 # ---- T5 span corruption -------------------------------------------------------------
 
 
-def random_spans_helper(inputs_length, noise_density=0.15,
-                        mean_noise_span_length=3.0,
-                        extra_tokens_per_span_inputs=1,
-                        extra_tokens_per_span_targets=1):
-  """(raw tokens_length, targets_length) so span corruption needs no padding.
-
-  T5's helper: the largest raw length whose corrupted inputs (kept tokens,
-  one sentinel per noise span, EOS) fit `inputs_length`, and the length of
-  the targets that go with it (noise tokens, a sentinel per span, EOS).
-  inputs_length=512 -> (568, 114).
-  """
-
-  def _lengths(tokens_length):
-    num_noise = int(round(tokens_length * noise_density))
-    num_nonnoise = tokens_length - num_noise
-    num_spans = int(round(num_noise / mean_noise_span_length))
-    return (num_nonnoise + num_spans * extra_tokens_per_span_inputs + 1,
-            num_noise + num_spans * extra_tokens_per_span_targets + 1)
-
-  tokens_length = inputs_length - 1
-  while _lengths(tokens_length + 1)[0] <= inputs_length:
-    tokens_length += 1
-  _, targets_length = _lengths(tokens_length)
-  # T5's tweak for noise_density=0.5: keep targets <= inputs.
-  if noise_density == 0.5 and targets_length > inputs_length:
-    tokens_length -= 1
-    targets_length -= 1
-  return tokens_length, targets_length
+# T5's length rule of span corruption, a pure function (t5x_lite/lengths.py):
+# the objective's config check uses it before any pipeline is built.
+random_spans_helper = lengths.random_spans_helper
 
 
 def random_spans_noise_mask(length, noise_density, seeds,
