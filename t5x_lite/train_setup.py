@@ -86,6 +86,21 @@ def check_task(config):
     config_lib.validate(config)
 
 
+def make_workdir(workdir: str):
+  """Creates `workdir` (process 0) before anything is built, or raises
+  ConfigError: one line with the path and the reason."""
+  if jax.process_index() != 0:
+    return
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if not os.access(workdir, os.W_OK | os.X_OK):
+      raise PermissionError(13, 'not writable')
+  except OSError as e:
+    raise ConfigError(
+        f'--workdir {workdir} cannot be used: {e.strerror or e}; pick a '
+        'directory you can create and write to.') from e
+
+
 def write_config(config, workdir: str):
   """workdir/config.json (process 0; atomic)."""
   if jax.process_index() != 0:
@@ -240,6 +255,7 @@ def setup(config, workdir: str) -> RunSetup:
   workdir = os.path.abspath(workdir)
   config_lib.validate(config)
   check_task(config)
+  make_workdir(workdir)
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
 
   model = objectives.build_model(config)
@@ -252,8 +268,6 @@ def setup(config, workdir: str) -> RunSetup:
   logging.info('mesh %s; %d processes; this one reads input shard %d/%d '
                '(%d rows per step)', dict(mesh.shape), jax.process_count(),
                host.index, host.num_shards, host.per_host_batch_size)
-  if jax.process_index() == 0:
-    os.makedirs(workdir, exist_ok=True)
   write_config(config, workdir)
 
   ckpt = checkpoints.Checkpointer(

@@ -357,3 +357,15 @@ def test_setup_rejects_an_unknown_task_before_writing_anything(tmp_path):
   with pytest.raises(train_setup.ConfigError, match="task.name='no_such_task'"):
     train_setup.setup(c, w)
   assert not os.path.exists(w)
+
+
+def test_setup_names_an_impossible_workdir_in_one_line(tmp_path):
+  c = sizes.apply_size(default.get_config(), 'tiny')
+  c.task.name = 'shakespeare_span_corruption'
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a directory')
+  with pytest.raises(train_setup.ConfigError) as e:
+    train_setup.setup(c, str(blocker / 'run'))
+  msg = str(e.value)
+  assert '\n' not in msg and str(blocker / 'run') in msg
+  assert 'Not a directory' in msg and 'pick a directory' in msg
