@@ -1,4 +1,4 @@
-"""TensorFlow and seqio stay inside t5x_lite/tasks/ (shared/DESIGN.md).
+"""TensorFlow and seqio stay inside t5x_lite/tasks/ (the project design).
 
 Every other module must import on a host without them (a GPU box training
 from synthetic or pre-tokenized batches), so importing all of them in a
