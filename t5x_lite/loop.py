@@ -49,7 +49,6 @@ from t5x_lite import evaluation
 from t5x_lite import lengths
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import models
-from t5x_lite import objectives
 from t5x_lite import partitioning
 from t5x_lite import train_setup
 from t5x_lite.config import ConfigError
@@ -288,16 +287,18 @@ the learning rate and the rates go to `writer` and one progress line.
     self.window.reset()
 
 
-def make_throughput(config) -> metrics_lib.Throughput:
-  """Steps/s, tokens/s and MFU of `config`'s global batch on every device."""
+def make_throughput(config, model) -> metrics_lib.Throughput:
+  """Steps/s, tokens/s and MFU of `config`'s global batch on every device
+  (FLOPs from the run's own model: no second model is built)."""
   lens = lengths.model_lengths(config.model.arch,
                                config.task.feature_lengths)
   tokens_per_step = int(config.train.batch_size) * sum(lens.values())
   peak = metrics_lib.peak_flops_per_device(
       override=float(config.train.get('peak_flops_per_device', 0.0)))
   return metrics_lib.Throughput(
-      objectives.flops_per_step(config), tokens_per_step, jax.device_count(),
-      peak)
+      model.flops_per_step(config.task.feature_lengths,
+                           int(config.train.batch_size)),
+      tokens_per_step, jax.device_count(), peak)
 
 
 # ---- periodic eval ----------------------------------------------------------------
@@ -501,7 +502,7 @@ def _train(config, workdir: str, hooks: Sequence[Hook],
            preemption: PreemptionWatcher) -> Dict[str, Any]:
   """train_and_evaluate's body: set-up, the pieces, the steps, the result."""
   run = train_setup.setup(config, workdir)
-  throughput = make_throughput(config)
+  throughput = make_throughput(config, run.model)
   writer = metrics_lib.create_writer(run.workdir)
   saving = Checkpointing(run.ckpt, config, run.host, run.position.seed)
   logger = StepLogger(writer, throughput,

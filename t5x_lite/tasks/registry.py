@@ -150,12 +150,18 @@ def _task_objective(task) -> str:
   return name or objectives.for_features(tuple(task.output_features)).name
 
 
+def _subtask_objectives(name):
+  """(the task's or mixture's seqio subtasks, their objective names)."""
+  subtasks = seqio.get_subtasks(get_task_or_mixture(name))
+  return subtasks, {_task_objective(t) for t in subtasks}
+
+
 def objective_of(name) -> str:
   """The objective a task trains; for a mixture the one its tasks share, or
   (tasks of several objectives with one layout and the arch's own model,
   e.g. span corruption mixed with supervised tasks) the first task's."""
-  subtasks = seqio.get_subtasks(get_task_or_mixture(name))
-  found = sorted({_task_objective(t) for t in subtasks})
+  subtasks, found = _subtask_objectives(name)
+  found = sorted(found)
   if len(found) == 1:
     return found[0]
   objs = [objectives.get(n) for n in found]
@@ -180,8 +186,7 @@ def resolve_objective(config) -> str:
   place, unlocked); a set name must be the task's. Returns the name."""
   task_objective = objective_of(config.task.name)
   name = config.objective.name
-  allowed = {_task_objective(t) for t in seqio.get_subtasks(
-      get_task_or_mixture(config.task.name))}
+  _, allowed = _subtask_objectives(config.task.name)
   if name and name not in allowed:
     raise ConfigError(
         f'task {config.task.name!r} trains objective {task_objective!r} but '
