@@ -37,6 +37,9 @@ def get_config(arg=None):
       train_split='train',
       eval_split='validation',
       use_cached=False,  # seqio cache (seqio.cache_tasks_main) if it was built
+      # Python modules imported before the task is looked up (they register
+      # tasks); --task_module=M adds to it. Saved with the run's config.
+      modules=(),
   ))
 
   # ---- train ------------------------------------------------------------------
@@ -50,6 +53,8 @@ def get_config(arg=None):
       label_smoothing=0.0,
       loss_normalizing_factor=0.0,  # 0: divide by real target tokens; else this constant
       skip_nonfinite_updates=False,  # True: drop a non-finite step and count it; False: stop
+      max_consecutive_skipped_steps=5,  # skipping: more in a row stop the run (the params diverged); 0: no cap
+      max_skipped_steps=0,  # skipping: more in all (earlier runs too) stop the run; 0: no cap
       data_iterator_checkpointing=True,  # save the input position with the state
       peak_flops_per_device=0.0,  # MFU denominator; 0: known accelerators' bf16 peak (CPU: no MFU)
       inject_nan_at_step=0,  # testing only: NaN loss weights in this step's batch (0: off)
@@ -134,5 +139,12 @@ def get_config(arg=None):
       coordinator_address='',  # host:port of process 0
       num_processes=0,  # 0: from the environment or 1
       process_id=-1,  # -1: from the environment or 0
+  ))
+
+  # ---- compile: JAX's persistent compilation cache (t5x_lite/compile_cache.py) ----
+  c.compile = ml_collections.ConfigDict(dict(
+      # 'auto': $XDG_CACHE_HOME/t5x_lite/jax (else ~/.cache/t5x_lite/jax);
+      # '' turns it off; else a directory. A restart reads its programs back.
+      cache_dir='auto',
   ))
   return c

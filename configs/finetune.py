@@ -23,9 +23,9 @@ Sizes (the argument; it must match the checkpoint's dims):
   small, base, large, xl, xxl   T5.1.1 (vocab 32128), for HF-imported T5
          checkpoints, on glue_sst2_v2 (TFDS, T5's SentencePiece vocabulary).
 """
-from configs import default
-from configs import local_tiny
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import local_tiny
+from t5x_lite.configs import models
 
 # size -> (batch, steps, constant learning rate). T5 fine-tunes with
 # Adafactor at a constant 1e-3; the tiny model, trained for minutes on CPU,

@@ -16,8 +16,8 @@ ELECTRA export the discriminator first:
 and restore from /tmp/electra_tiny_disc. Without restore_from it trains from
 scratch (the baseline).
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 # size -> (batch, steps, peak learning rate)
 RECIPES = {

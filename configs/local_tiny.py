@@ -13,8 +13,8 @@ validation loss falls from 8.79 (untrained) to 4.59 (token accuracy 0.30).
 Rerun the command to resume; override anything with --config.x.y=v, e.g.
 --config.train.num_steps=50 for a smoke test.
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 
 def get_config(arg=None):

@@ -11,8 +11,8 @@ random, 10% kept; the loss is the MLM cross entropy on the selected ones
 classification with configs/finetune_classifier.py
 (--config.checkpoint.restore_from=/tmp/bert_tiny).
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 # size -> (sequence length, batch, steps, peak learning rate)
 RECIPES = {

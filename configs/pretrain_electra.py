@@ -16,8 +16,8 @@ replaced_rate, masked_replaced_rate, mlm_loss, disc_loss, accuracy (the
 generator's MLM accuracy). Fine-tune the discriminator with
 configs/finetune_classifier.py after `objectives.electra.export_discriminator`.
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 # size -> (sequence length, batch, steps, peak learning rate)
 RECIPES = {

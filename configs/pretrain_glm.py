@@ -15,8 +15,8 @@ models so part B tells left from right context; decoder_block_positions
 model.num_block_positions rows added to part-B tokens (network.Decoder).
 Sample infillings with scripts/sample_generations.py.
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 # size -> (row length, batch, steps, peak learning rate)
 RECIPES = {

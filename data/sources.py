@@ -285,3 +285,70 @@ def read_translation(dict_dz, min_words=4, max_words=40):
     out['test' if b == 0 else 'validation' if b == 1 else 'train'].append(
         (en, de))
   return out
+
+
+# ---- fortunes (Debian's fortune cookies: "your own plain text file") ------------
+
+FORTUNE_PACKAGES = ('fortunes-min', 'fortunes')
+# Cookie files that are pictures, not prose.
+FORTUNE_SKIP = ('ascii-art',)
+_OVERSTRIKE = re.compile(r'.\x08')  # nroff bold/underline: "_\bX", "X\bX"
+_CONTROL = re.compile(r'[\x00-\x08\x0b-\x1f\x7f]')
+
+
+def fetch_fortunes(dl_dir):
+  """The directory of cookie files from Debian's fortunes-min + fortunes
+  (usr/share/games/fortunes), or raises Unavailable."""
+  out = os.path.join(dl_dir, 'fortunes')
+  cookies = os.path.join(out, 'usr', 'share', 'games', 'fortunes')
+  if os.path.isdir(cookies) and os.listdir(cookies):
+    return cookies
+  for tool in ('apt-get', 'dpkg'):
+    if not shutil.which(tool):
+      raise Unavailable(f'{tool} is not installed (not a Debian/Ubuntu host)')
+  for package in FORTUNE_PACKAGES:
+    deb = _cached(dl_dir, f'{package}_*.deb')
+    if not deb:
+      proc = subprocess.run(['apt-get', 'download', package], cwd=dl_dir,
+                            capture_output=True, text=True)
+      deb = _cached(dl_dir, f'{package}_*.deb')
+      if not deb:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:]
+        raise Unavailable(f'`apt-get download {package}` failed: '
+                          f'{" ".join(tail) or "no package"} (run '
+                          '`apt-get update` first?)')
+    _run(['dpkg', '-x', deb, out])
+  if not os.path.isdir(cookies):
+    raise Unavailable(f'{" ".join(FORTUNE_PACKAGES)} hold no {cookies}')
+  return cookies
+
+
+def clean_fortune(text):
+  """One fortune on one line: overstrike and control characters dropped,
+  whitespace squashed (the attribution line stays, after the quote)."""
+  return squash(_CONTROL.sub(' ', _OVERSTRIKE.sub('', text)))
+
+
+def read_fortunes(cookies, validation_buckets=5):
+  """{split: [fortune]}: every '%'-separated fortune of every cookie file
+  (the .dat indexes, the .u8 links and FORTUNE_SKIP excepted), one line
+  each, exact duplicates dropped; split by md5 of the text (buckets 0-4 of
+  100 are validation, the rest train)."""
+  out = {'train': [], 'validation': []}
+  seen = set()
+  for name in sorted(os.listdir(cookies)):
+    path = os.path.join(cookies, name)
+    if ('.' in name or name in FORTUNE_SKIP or os.path.islink(path) or
+        not os.path.isfile(path)):
+      continue
+    with open(path, encoding='utf-8', errors='replace') as f:
+      raw = f.read()
+    for block in re.split(r'^%\s*$', raw, flags=re.M):
+      text = clean_fortune(block)
+      if not text or text in seen:
+        continue
+      seen.add(text)
+      split = ('validation' if bucket(text) < validation_buckets
+               else 'train')
+      out[split].append(text)
+  return out

@@ -52,8 +52,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import default
-from configs import models as sizes
+from t5x_lite.configs import default
+from t5x_lite.configs import models as sizes
 from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite import objectives

@@ -9,6 +9,9 @@ A training checkpoint is one Orbax step directory, workdir/checkpoints/<step>/:
             process, the seed and the batch geometry; resume skips exactly
             that many batches, so the data order survives a restart.
   config/   the run's resolved config (JSON), for the record and for tools.
+  fingerprint/  sums of the state's (and the params') bits (JSON), checked
+            after every restore: OCDBT files carry no checksum, so bytes
+            changed after the save would otherwise restore as other numbers.
   commit_success.txt, _CHECKPOINT_METADATA   Orbax's commit marker and index.
 
 Orbax writes a step into `<step>.orbax-checkpoint-tmp-*` and renames it when
@@ -21,9 +24,17 @@ corruption Orbax's format can suffer either fails the restore or touches a
 redundant file (tests/test_checkpoints.py truncates each kind in turn).
 
 A failed write (no space, permissions) raises `CheckpointError` from `save`,
-or, for the asynchronous part of a save, from the next `save`,
-`wait_until_finished` or `close`; the previous step is untouched. A state
-whose params are not all finite is never written.
+or, for the asynchronous part of a save, from `poll` (the loop calls it after
+every step, so the failure stops the run within a step or two of it), the
+next `save`, `wait_until_finished` or `close`; the previous steps are
+untouched, and the message says which are on disk. A state whose params are
+not all finite is never written. With several processes every one of them
+raises at the same call (they agree first), so none is left waiting in a
+collective for one that stopped.
+
+One line per event on the console: the `CheckpointError` (or the fallback's
+warning) says what happened; Orbax's own tracebacks of it are left out unless
+absl's verbosity is debug (t5x_lite/checkpoint_failures.py).
 
 `restore_params(path)` loads params only (fine-tuning, eval, infer) from a
 training step dir, a checkpoints dir (its newest usable step) or a params-only
@@ -32,10 +43,13 @@ to <dir>/config.json. `save_params_only` writes that format (HF import,
 ELECTRA's discriminator export) and `read_params_only_config` reads its
 config; nothing else touches the layout.
 """
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -47,9 +61,16 @@ import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import tree as ocp_tree
 
+from t5x_lite import checkpoint_failures
+
+_describe = checkpoint_failures.describe_failure
+
 CHECKPOINTS_DIR = 'checkpoints'
 UNUSABLE_DIR = 'unusable'  # inside the checkpoints dir; not a step name
 ITEMS = ('state', 'data', 'config')
+# Optional (checkpoints written before it lack it): a fingerprint of the
+# state's bytes, checked after every restore (see `fingerprint`).
+FINGERPRINT_ITEM = 'fingerprint'
 COMMIT_MARKER = 'commit_success.txt'  # Orbax writes it last, in every step
 TMP_SUFFIX = '.orbax-checkpoint-tmp'
 
@@ -134,6 +155,40 @@ def all_finite(tree) -> bool:
   return bool(_all_finite(tree))
 
 
+def _leaf_bits(x) -> jax.Array:
+  """The sum of a leaf's bits as uint32 words, modulo 2**32: the same for
+  any sharding or reduction order (modular addition commutes)."""
+  x = jnp.asarray(x)
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  size = x.dtype.itemsize
+  if size > 4:
+    words = jax.lax.bitcast_convert_type(x, jnp.uint32)  # [..., size // 4]
+  else:
+    unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32}[size]
+    words = jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+  return jnp.sum(words, dtype=jnp.uint32)
+
+
+_leaf_sums = jax.jit(lambda leaves: [_leaf_bits(x) for x in leaves])
+
+
+def fingerprint(tree) -> Dict[str, Any]:
+  """{'leaves': n, 'sha256': hex} of the per-leaf bit sums of `tree`.
+
+  OCDBT's data files carry no checksum: bytes changed after a save (a bad
+  disk, a partial copy, an overwrite of the same size) restore as other
+  numbers, silently. The sums change with any such change (but for a
+  2**-32 chance per leaf) and cost one pass over the arrays on device.
+  """
+  leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, 'dtype')]
+  sums = [int(v) for v in jax.device_get(_leaf_sums(leaves))]
+  digest = hashlib.sha256(json.dumps(sums).encode()).hexdigest()
+  return {'leaves': len(sums), 'sha256': digest}
+
+
 def _abstract(tree):
   """Arrays -> ShapeDtypeStructs with their shardings (restore targets)."""
   return jax.tree.map(
@@ -186,6 +241,18 @@ def _sync(name: str):
     multihost_utils.sync_global_devices(name)
 
 
+# ---- one line per failure ----------------------------------------------------------
+
+
+def on_disk(directory: str) -> str:
+  """What a failed write leaves for the next start, said truthfully."""
+  steps = sorted(step_dirs(directory))
+  if steps:
+    return (f'The previous checkpoints are intact: steps {steps}; a restart '
+            f'resumes from step {steps[-1]}.')
+  return 'No checkpoint is on disk yet: a restart begins at step 0.'
+
+
 # ---- training checkpoints --------------------------------------------------------
 
 
@@ -223,7 +290,7 @@ class Checkpointer:
     registry = ocp.handlers.DefaultCheckpointHandlerRegistry()
     registry.add('state', ocp.args.StandardSave)
     registry.add('state', ocp.args.StandardRestore)
-    for item in ('data', 'config'):
+    for item in ('data', 'config', FINGERPRINT_ITEM):
       registry.add(item, ocp.args.JsonSave)
       registry.add(item, ocp.args.JsonRestore)
     options = ocp.CheckpointManagerOptions(
@@ -235,9 +302,11 @@ class Checkpointer:
         cleanup_tmp_directories=not read_only,
         save_interval_steps=1,
     )
+    checkpoint_failures.quiet_orbax_failures()
     self._mngr = ocp.CheckpointManager(self.directory, options=options,
                                        handler_registry=registry)
     self._pending_step = None  # the step an async save is still writing
+    self._closed = False
 
   # ---- queries ------------------------------------------------------------------
 
@@ -278,39 +347,76 @@ class Checkpointer:
     args = ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         data=ocp.args.JsonSave(dict(data or {})),
-        config=ocp.args.JsonSave(dict(config or {})))
+        config=ocp.args.JsonSave(dict(config or {})),
+        **{FINGERPRINT_ITEM: ocp.args.JsonSave(
+            {'state': fingerprint(state), 'params': fingerprint(
+                state.params if hasattr(state, 'params') else state)})})
     try:
       self._mngr.save(step, args=args, force=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f'Saving checkpoint step {step} to {self.directory} failed: '
-          f'{type(e).__name__}: {e}. The previous checkpoints are intact.'
-      ) from e
+      raise CheckpointError(self._write_failed(step, _describe(e))
+                            ) from e
     self._pending_step = step
     return True
 
+  def _write_failed(self, step, cause: str) -> str:
+    return (f'Writing checkpoint step {step} to {self.directory} failed: '
+            f'{cause}. {on_disk(self.directory)}')
+
   def wait_until_finished(self):
-    """Blocks until the last save is on disk; raises if it failed."""
+    """Blocks until the last save is on disk; raises if it failed (on every
+    process when it failed on any)."""
     step, self._pending_step = self._pending_step, None
+    error = None
     try:
       self._mngr.wait_until_finished()
       self._mngr.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
-      raise CheckpointError(
-          f'Writing checkpoint step {step} to {self.directory} failed: '
-          f'{type(e).__name__}: {e}. The previous checkpoints are intact.'
-      ) from e
-    if step is not None and step not in step_dirs(self.directory):
-      raise CheckpointError(
-          f'Writing checkpoint step {step} to {self.directory} failed: the '
-          'step directory was never committed (see the Orbax errors above). '
-          'The previous checkpoints are intact.')
+      error = CheckpointError(self._write_failed(step, _describe(e)))
+      error.__cause__ = e
+    if error is None and step is not None and step not in step_dirs(
+        self.directory):
+      error = CheckpointError(self._write_failed(
+          step, 'the step directory was never committed'))
+    if not _all_processes_agree(error is None):
+      raise error or CheckpointError(self._write_failed(
+          step, 'it failed on another process (see that process\'s log)'))
+
+  def poll(self):
+    """Raises the failure of the last asynchronous save once it is known,
+    without waiting for a save in progress. One process only: with several,
+    each would learn of it at a different step, so they learn at the next
+    `save` or `close` together."""
+    if (self._pending_step is None or jax.process_count() > 1 or
+        self._mngr.is_saving_in_progress()):
+      return
+    self.wait_until_finished()
 
   def close(self):
+    if self._closed:
+      return
+    self._closed = True
     try:
       self.wait_until_finished()
     finally:
       self._mngr.close()
+
+  def abandon(self):
+    """Stops using the manager without waiting for its threads: after a
+    failed write, Orbax threads can wait up to its 300 s coordination
+    timeout for a signal the failed thread never sends (the issue's hang
+    after a collided save). The process should exit soon after."""
+    self._closed = True
+    self._pending_step = None
+
+  @contextlib.contextmanager
+  def closed_on_error(self):
+    """Closes the manager (quietly) when the block raises."""
+    try:
+      yield self
+    except BaseException:
+      self.__exit__(*sys.exc_info())
+      raise
 
   def __enter__(self):
     return self
@@ -326,24 +432,26 @@ class Checkpointer:
 
   # ---- restore ------------------------------------------------------------------
 
-  def _set_aside(self, step: int, reason: str):
-    """Moves an unusable step to checkpoints/unusable/ (process 0 only)."""
+  def set_aside(self, step: int, reason: str) -> str:
+    """Moves step to checkpoints/unusable/<step>.<time>/ with REASON.txt
+    (process 0 moves; every process calls). Returns where it went."""
     if self.read_only:
-      return
+      return ''
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, UNUSABLE_DIR,
+                       f'{step}.{int(time.time())}')
     if jax.process_index() == 0:
-      src = os.path.join(self.directory, str(step))
-      dst_dir = os.path.join(self.directory, UNUSABLE_DIR)
-      dst = os.path.join(dst_dir, f'{step}.{int(time.time())}')
       try:
-        os.makedirs(dst_dir, exist_ok=True)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
         shutil.move(src, dst)
         with open(os.path.join(dst, 'REASON.txt'), 'w') as f:
           f.write(reason + '\n')
-        logging.warning('Moved unusable checkpoint step %d to %s.', step, dst)
       except OSError as e:
         logging.warning('Could not move unusable step %d aside: %s', step, e)
+        dst = src
     _sync(f't5x_lite_set_aside_{step}')
     self._mngr.reload()
+    return dst
 
   def restore(self, abstract_state, *, step: Optional[int] = None
               ) -> Optional[Restored]:
@@ -367,54 +475,75 @@ class Checkpointer:
       steps = [step]
     if not steps:
       return None
-    failures = []
+    failures = []  # (step, reason, where it was moved)
     for s in steps:
-      step_path = os.path.join(self.directory, str(s))
-      reason = inspect_step(step_path)
-      restored = None
-      if reason is None:
-        try:
-          stored = _tree_metadata(os.path.join(step_path, 'state'))
-        except Exception as e:  # pylint: disable=broad-except
-          reason = (f'unreadable state metadata: {type(e).__name__}: '
-                    f'{_first_line(e)}')
-      if reason is None:
-        mismatch = describe_mismatch(stored, abstract_state)
-        if mismatch:
-          raise CheckpointMismatchError(
-              f'Checkpoint step {s} in {self.directory} was written for '
-              f'another model or optimizer: {mismatch}. Use a new --workdir, '
-              f'or the config it was trained with ({step_path}/config).')
-        try:
-          restored = self._mngr.restore(s, args=ocp.args.Composite(
-              state=ocp.args.StandardRestore(abstract_state),
-              data=ocp.args.JsonRestore(),
-              config=ocp.args.JsonRestore()))
-        except Exception as e:  # pylint: disable=broad-except
-          reason = f'restore failed: {type(e).__name__}: {_first_line(e)}'
-      if reason is None:
-        params = getattr(restored.state, 'params', restored.state)
-        if not all_finite(params):
-          reason = 'its params hold NaN or inf'
-      ok = _all_processes_agree(reason is None)
-      if ok:
+      restored, reason = self._restore_step(s, abstract_state)
+      if _all_processes_agree(reason is None):
         if failures:
-          logging.warning('Resuming from checkpoint step %d instead.', s)
+          logging.warning('%s', self._fallback_line(failures, s))
         return Restored(step=s, state=restored.state,
                         data=dict(restored.data or {}),
                         config=dict(restored.config or {}))
       reason = reason or 'restore failed on another process'
-      failures.append((s, reason))
-      msg = (f'Checkpoint step {s} in {self.directory} is unusable: {reason}.')
       if step is not None:
-        raise CheckpointError(msg)
-      logging.warning('%s Falling back to the previous step.', msg)
-      self._set_aside(s, reason)
+        raise CheckpointError(
+            f'Checkpoint step {s} in {self.directory} is unusable: {reason}.')
+      failures.append((s, reason, self.set_aside(s, reason)))
     raise CheckpointError(
         f'No usable checkpoint in {self.directory}: ' +
-        '; '.join(f'step {s}: {r}' for s, r in failures) +
+        '; '.join(f'step {s}: {r}' for s, r, _ in failures) +
         f'. They were moved to {os.path.join(self.directory, UNUSABLE_DIR)}; '
         'the next start begins from scratch unless you restore one by hand.')
+
+  def _restore_step(self, s: int, abstract_state) -> tuple:
+    """(Orbax's restored composite, None) or (None, why step s is unusable).
+    Raises CheckpointMismatchError for a readable checkpoint of another
+    model (no fallback: the older steps would not match either)."""
+    step_path = os.path.join(self.directory, str(s))
+    reason = inspect_step(step_path)
+    if reason is not None:
+      return None, reason
+    try:
+      stored = _tree_metadata(os.path.join(step_path, 'state'))
+    except Exception as e:  # pylint: disable=broad-except
+      return None, f'unreadable state metadata: {_describe(e)}'
+    mismatch = describe_mismatch(stored, abstract_state)
+    if mismatch:
+      raise CheckpointMismatchError(
+          f'Checkpoint step {s} in {self.directory} was written for another '
+          f'model or optimizer: {mismatch}. Use a new --workdir, or the '
+          f'config it was trained with ({step_path}/config).')
+    items = dict(state=ocp.args.StandardRestore(abstract_state),
+                 data=ocp.args.JsonRestore(), config=ocp.args.JsonRestore())
+    if os.path.isdir(os.path.join(step_path, FINGERPRINT_ITEM)):
+      items[FINGERPRINT_ITEM] = ocp.args.JsonRestore()
+    try:
+      restored = self._mngr.restore(s, args=ocp.args.Composite(**items))
+    except Exception as e:  # pylint: disable=broad-except
+      return None, f'restore failed: {_describe(e)}'
+    params = getattr(restored.state, 'params', restored.state)
+    if not all_finite(params):
+      return None, 'its params hold NaN or inf'
+    saved = (restored.get(FINGERPRINT_ITEM) if FINGERPRINT_ITEM in items
+             else None) or {}
+    if saved.get('state') and saved['state'] != fingerprint(restored.state):
+      return None, ('its arrays differ from the fingerprint saved with them '
+                    '(files changed after the save)')
+    return restored, None
+
+  def _fallback_line(self, failures, resumed: int) -> str:
+    """The recovery's one warning line."""
+    if len(failures) == 1:
+      s, reason, moved = failures[0]
+      return (f'Checkpoint step {s} in {self.directory} is unusable '
+              f'({reason}); moved it to {moved} and resumed from step '
+              f'{resumed}.')
+    steps = ', '.join(str(s) for s, _, _ in failures)
+    reasons = '; '.join(f'step {s}: {r}' for s, r, _ in failures)
+    return (f'Checkpoint steps {steps} in {self.directory} are unusable '
+            f'({reasons}); moved them to '
+            f'{os.path.join(self.directory, UNUSABLE_DIR)} and resumed from '
+            f'step {resumed}.')
 
 
 def _first_line(e: BaseException, limit: int = 300) -> str:
@@ -552,6 +681,11 @@ def restore_params(path: str, abstract_params=None):
     raise CheckpointError(
         f'Restoring params from {where} failed: {type(e).__name__}: '
         f'{_first_line(e)}') from e
+  saved = _saved_fingerprint(where) if kind == 'state' else {}
+  if saved.get('params') and saved['params'] != fingerprint(params):
+    raise CheckpointError(
+        f'The params at {where} differ from the fingerprint saved with them: '
+        'its files were changed after the save. Use another step.')
   logging.info('Restored params from %s.', where)
   return params
 
@@ -597,6 +731,14 @@ def read_params_only_config(directory: str) -> Dict[str, Any]:
       raise ValueError(f'{path} is not valid JSON ({e}); rewrite it or '
                        'delete it and pass the config on the command line.'
                        ) from e
+
+
+def _saved_fingerprint(step_path: str) -> Dict[str, Any]:
+  """The fingerprint item of a step dir ({} for older checkpoints)."""
+  try:
+    return read_json_item(step_path, FINGERPRINT_ITEM)
+  except (OSError, ValueError):
+    return {}
 
 
 def read_json_item(step_path: str, item: str) -> Dict[str, Any]:

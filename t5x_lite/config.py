@@ -7,6 +7,7 @@ t5x_lite/model_config.py (`ModelConfig`, the one definition of every
 (t5x_lite/objectives/), looked up by `config.objective.name`.
 """
 import difflib
+import importlib.util
 import os
 import sys
 from typing import Any
@@ -18,10 +19,6 @@ from t5x_lite import objectives
 from t5x_lite import partitioning
 from t5x_lite.model_config import ACTIVATIONS, ARCHS, ATTENTION_IMPLS, DTYPES, REMAT_POLICIES  # pylint: disable=g-multiple-import
 from t5x_lite.model_config import ConfigError, ModelConfig  # pylint: disable=unused-import
-
-_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:  # config files import `configs.default`
-  sys.path.insert(0, _REPO_ROOT)
 
 OPTIMIZERS = ('adafactor', 'adamw')
 SCHEDULES = ('rsqrt', 'linear', 'cosine', 'constant')
@@ -35,9 +32,54 @@ _FREE_FORM = ('mesh.rules',)
 RENAMED_KEYS = {'model.objective': 'objective.name'}
 
 
+def _configs_of_a_source_checkout():
+  """configs/ is the package t5x_lite.configs: setup.py maps it there for
+  wheels and editable installs. A checkout used without any install (the
+  repository on PYTHONPATH, as launch/slurm_gpu.sbatch falls back to) has no
+  such mapping; there the configs/ beside the package gets that name."""
+  if importlib.util.find_spec('t5x_lite.configs') is not None:
+    return
+  folder = os.path.join(os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), 'configs')
+  init = os.path.join(folder, '__init__.py')
+  if not os.path.isfile(init):
+    return
+  spec = importlib.util.spec_from_file_location(
+      't5x_lite.configs', init, submodule_search_locations=[folder])
+  module = importlib.util.module_from_spec(spec)
+  sys.modules['t5x_lite.configs'] = module
+  spec.loader.exec_module(module)
+  setattr(sys.modules['t5x_lite'], 'configs', module)
+
+
+_configs_of_a_source_checkout()
+
+
 def default_config():
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from t5x_lite.configs import default  # pylint: disable=g-import-not-at-top
   return default.get_config()
+
+
+def resolve_config_file(path: str) -> str:
+  """`path` if it exists, else the packaged config it names, else `path`.
+
+  `configs/<name>.py` and `<name>.py` name a config that ships in the package
+  t5x_lite.configs, so `t5x-lite-train --config=configs/local_tiny.py` works
+  from any directory after `pip install`. A `:arg` suffix
+  (`configs/pretrain_t5.py:base`) is kept. A file on disk always wins.
+  """
+  if os.path.exists(path):
+    return path
+  file, sep, arg = path.partition(':')  # config_flags splits at the first ':'
+  if os.path.exists(file):
+    return path
+  folder, name = os.path.split(os.path.normpath(file))
+  if folder not in ('', 'configs') or not name.endswith('.py') or (
+      name.startswith('_')):
+    return path
+  from t5x_lite import configs  # pylint: disable=g-import-not-at-top
+  packaged = os.path.join(os.path.dirname(configs.__file__), name)
+  return packaged + sep + arg if os.path.isfile(packaged) else path
 
 
 # ---- schema checks -------------------------------------------------------------

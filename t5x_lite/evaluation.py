@@ -201,6 +201,9 @@ def evaluate(config, workdir: str, checkpoint: Optional[str] = None, *,
   """
   workdir = os.path.abspath(workdir)
   path = checkpoint or model_loading.default_checkpoint(workdir)
+  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  # Missing data files: one line now, not a NotFoundError after the restore.
+  tasks.check_data(config.task.name, [config.task.eval_split])
   predictor, info = Predictor.from_checkpoint(config, path)
   step = info['step']
   logging.info('Evaluating %s (step %d) on %s/%s.', info['checkpoint'], step,

@@ -1,41 +1,42 @@
 r"""Decodes (or scores) text with a checkpoint; JSON lines out.
 
-  python -m t5x_lite.infer --config=configs/local_tiny.py \
-      --checkpoint=runs/local_tiny/checkpoints --input="sentiment: A gem."
-  python -m t5x_lite.infer --config=configs/local_tiny.py \
-      --checkpoint=runs/local_tiny/checkpoints --task_split=validation \
-      --num_examples=4
+  python -m t5x_lite.infer --checkpoint=runs/local_tiny/checkpoints \
+      --input="sentiment: A gem."
+  python -m t5x_lite.infer --checkpoint=runs/local_tiny/checkpoints \
+      --task_split=validation --num_examples=4
   python -m t5x_lite.infer --config=configs/finetune.py:tiny --checkpoint=CKPT \
       --input_file=inputs.jsonl --output=preds.jsonl \
       --config.decoding.method=beam
-  python -m t5x_lite.infer --config=... --checkpoint=CKPT --mode=score \
+  python -m t5x_lite.infer --checkpoint=CKPT --mode=score \
       --input="sentiment: A gem." --targets=fresh
 
 Inputs: repeatable --input, --input_file (JSONL with "input" [+ "target"], or
 one text per line) or --task_split (the first --num_examples preprocessed
 examples of config.task.name). --checkpoint: a step dir, a checkpoints dir
 (its newest usable step), a workdir or an HF-imported params-only dir.
-Output: one JSON object per example on stdout or in --output:
-{"input", "prediction", "score"[, "target"]}, or with --mode=score
+Without --config the config saved with the checkpoint is used (overrides
+still apply; an HF import needs --config.task.name and, for your own task,
+--task_module). Output: one JSON object per example on stdout or in
+--output: {"input", "prediction", "score"[, "target"]}, or with --mode=score
 {"input", "target", "log_likelihood", "num_target_tokens"}. Decoding follows
 config.decoding (--config.decoding.method=greedy|sample|beam, ...). A missing
 or unusable checkpoint exits 1 with one line naming the path and the steps
-that exist; a usage mistake exits 2.
+that exist; a usage mistake exits 2. Flags shared with train and eval:
+t5x_lite/cli.py.
 """
-import json
-import sys
+from t5x_lite import cli  # first: it quiets library logs before they load
 
-from absl import app
+# pylint: disable=g-import-not-at-top,wrong-import-position
+import json
+
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from t5x_lite import config as config_lib
 
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'Config file (the model and task the checkpoint was '
-    'trained with). Override fields with --config.a.b=value.',
-    lock_config=True)
+cli.define_flags('Config file (the model and task the checkpoint was '
+                 'trained with). Default: the config saved with the '
+                 'checkpoint.', config_required=False)
 _CHECKPOINT = flags.DEFINE_string(
     'checkpoint', None, 'Step dir, checkpoints dir, workdir or params-only '
     '(HF-imported) dir.')
@@ -53,45 +54,43 @@ _MODE = flags.DEFINE_enum('mode', 'predict', ['predict', 'score'],
 _OUTPUT = flags.DEFINE_string('output', None,
                               'Write JSONL here instead of stdout.')
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Examples per batch.')
-flags.mark_flags_as_required(['config', 'checkpoint'])
+flags.mark_flags_as_required(['checkpoint'])
 
 
-def _fail(message, status: int):
-  print(f'error: {" ".join(str(message).split())}', file=sys.stderr,
-        flush=True)
-  sys.exit(status)
+def _examples(config):
+  from t5x_lite import inference
+  if _INPUT.value:
+    return inference.text_examples(config, _INPUT.value, _TARGETS.value)
+  if _INPUT_FILE.value:
+    return inference.file_examples(config, _INPUT_FILE.value)
+  return inference.task_examples(config, _TASK_SPLIT.value,
+                                 _NUM_EXAMPLES.value)
 
 
 def main(argv):
-  if len(argv) > 1:
-    _fail(f'unexpected arguments {argv[1:]}; flags look like --name=value.', 2)
+  cli.no_positional_args(argv)
   sources = [bool(_INPUT.value), bool(_INPUT_FILE.value),
              bool(_TASK_SPLIT.value)]
   if sum(sources) != 1:
-    _fail('give exactly one of --input, --input_file or --task_split.', 2)
-  config = _CONFIG.value
-  from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
-  from t5x_lite import inference  # pylint: disable=g-import-not-at-top
-  from t5x_lite import model_loading  # pylint: disable=g-import-not-at-top
+    cli.fail('give exactly one of --input, --input_file or --task_split.')
+  from t5x_lite import checkpoints
+  from t5x_lite import inference
+  from t5x_lite import model_loading
+  config = cli.load_config(
+      saved=lambda: cli.checkpoint_config(_CHECKPOINT.value))
+  cli.prepare(config)
   try:
     config_lib.validate(config)
     # A bad checkpoint path fails here, before the input pipeline loads.
     model_loading.resolve_checkpoint(_CHECKPOINT.value)
-    if _INPUT.value:
-      examples = inference.text_examples(config, _INPUT.value, _TARGETS.value)
-    elif _INPUT_FILE.value:
-      examples = inference.file_examples(config, _INPUT_FILE.value)
-    else:
-      examples = inference.task_examples(config, _TASK_SPLIT.value,
-                                         _NUM_EXAMPLES.value)
-    records = inference.run(config, _CHECKPOINT.value, examples,
+    records = inference.run(config, _CHECKPOINT.value, _examples(config),
                             mode=_MODE.value, batch_size=_BATCH_SIZE.value)
   except config_lib.ConfigError as e:
-    _fail(f'config: {e}', 2)
+    cli.fail(f'config: {e}')
   except (ValueError, FileNotFoundError) as e:
-    _fail(e, 2)
+    cli.fail(e)
   except checkpoints.CheckpointError as e:
-    _fail(e, 1)
+    cli.fail(e, 1)
   lines = [json.dumps(r, ensure_ascii=False) for r in records]
   if _OUTPUT.value:
     with open(_OUTPUT.value, 'w') as f:
@@ -103,7 +102,7 @@ def main(argv):
 
 def run_main():
   """Console script entry point (t5x-lite-infer)."""
-  app.run(main)
+  cli.run(main)
 
 
 if __name__ == '__main__':

@@ -112,6 +112,7 @@ def file_examples(config, path: str) -> List[Example]:
 def task_examples(config, split: str, num: int) -> List[Example]:
   """The first `num` preprocessed examples of config.task.name's `split`."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  tasks.check_data(config.task.name, [split])  # missing files: one line
   vocab = _vocab(config)
   ds = _task(config).get_dataset(
       sequence_length=tasks.task_feature_lengths(config), split=split,

@@ -7,15 +7,17 @@ fused path, KV cache for decoding) and the gated MlpBlock.
 
 Conventions: params are float32; activations and matmuls run in `dtype`;
 attention logits and softmax run in float32. Shapes are written
-`# [batch, q_len, heads, head_dim]` at every einsum. Masks are boolean and
-broadcast to [batch, heads, q_len, kv_len] (True = may attend); biases are
-float [batch or 1, heads, q_len, kv_len].
+`# [batch, q_len, heads, head_dim]` at every einsum. Masks are an
+AttentionMask (factored: key lengths, causal, segment ids, prefix) or a
+boolean array that broadcasts to [batch, heads, q_len, kv_len] (True = may
+attend); biases are float [batch or 1, heads, q_len, kv_len].
 """
 import functools
 import math
-from typing import Any, Callable, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
 
 import flax.linen as nn
+import flax.struct
 import jax
 from jax import ad_checkpoint
 from jax import lax
@@ -200,12 +202,111 @@ class RelativePositionBiases(nn.Module):
     return jnp.transpose(bias, (0, 3, 1, 2))  # [b, heads, q, k]
 
 
+# ---- attention masks ---------------------------------------------------------
+
+
+def _same_segment(q_ids, kv_ids):
+  """[b, q], [b, kv] -> bool [b, 1, q, kv]: True where the ids are equal."""
+  return (q_ids[:, :, None] == kv_ids[:, None, :])[:, None]
+
+
+@flax.struct.dataclass
+class AttentionMask:
+  """Which keys each query may see, kept factored (True = may attend).
+
+  The einsum path materialises it (`dense`); the fused path hands each factor
+  to cuDNN in the form that lets the kernel skip work instead of reading a
+  [batch, heads, q, kv] bias: padding as key lengths, causality as
+  `is_causal`, and only what has no such form (packed segments, a prefix
+  LM's bidirectional prefix) as a boolean mask. Both paths read the same
+  fields, so they agree by construction.
+
+  kv_lengths: int32 [batch]; keys at index >= length are padding. Padding is
+    trailing (seqio's feature converters pad at the end, packed rows too):
+    `key_lengths(tokens)` is one past the last non-pad. A length of 0 (a fully
+    padded row) is treated as 1: cuDNN's softmax over no key is undefined,
+    and such a row's values are never read.
+  causal: query i sees keys j <= i (self-attention, q_len == kv_len).
+  q_segment_ids, kv_segment_ids: int [batch, q] / [batch, kv]; packed rows:
+    a query sees only keys of its own segment.
+  prefix: bool [batch, len], with causal=True; prefix LM: positions where
+    both query and key are in the prefix also see each other.
+  """
+  kv_lengths: Optional[jax.Array] = None
+  q_segment_ids: Optional[jax.Array] = None
+  kv_segment_ids: Optional[jax.Array] = None
+  prefix: Optional[jax.Array] = None
+  causal: bool = flax.struct.field(pytree_node=False, default=False)
+
+  def _lengths(self):
+    return jnp.maximum(self.kv_lengths.astype(jnp.int32), 1)
+
+  def _causal_or_prefix(self, q_len, kv_len):
+    """bool [1 or b, 1, q, kv] (causal, OR the prefix block), or None."""
+    if not self.causal:
+      return None
+    mask = (jnp.arange(q_len)[:, None] >= jnp.arange(kv_len)[None, :]
+            )[None, None]  # [1, 1, q, kv]
+    if self.prefix is not None:
+      p = self.prefix > 0
+      mask = jnp.logical_or(mask, (p[:, :, None] & p[:, None, :])[:, None])
+    return mask
+
+  def _segments(self):
+    if self.q_segment_ids is None:
+      return None
+    return _same_segment(self.q_segment_ids, self.kv_segment_ids)
+
+  def dense(self, q_len: int, kv_len: int) -> Optional[jax.Array]:
+    """The whole mask as bool [b or 1, 1, q or 1, kv] (None: no mask)."""
+    parts = [self._causal_or_prefix(q_len, kv_len), self._segments()]
+    if self.kv_lengths is not None:
+      keep = jnp.arange(kv_len)[None, :] < self._lengths()[:, None]
+      parts.append(keep[:, None, None, :])  # [b, 1, 1, kv]
+    parts = [p for p in parts if p is not None]
+    if not parts:
+      return None
+    return functools.reduce(jnp.logical_and, parts)
+
+  def fused_args(self, q_len: int, kv_len: int) -> Dict[str, Any]:
+    """Keyword arguments of jax.nn.dot_product_attention for this mask."""
+    causal = self.causal and self.prefix is None and q_len == kv_len
+    rest = [self._segments()]
+    if not causal:  # a prefix LM (or q_len != kv_len): a boolean mask
+      rest.append(self._causal_or_prefix(q_len, kv_len))
+    rest = [p for p in rest if p is not None]
+    args = {'is_causal': causal,
+            'mask': functools.reduce(jnp.logical_and, rest) if rest else None}
+    if self.kv_lengths is not None:
+      args['key_value_seq_lengths'] = self._lengths()
+    return args
+
+
+def key_lengths(tokens: jax.Array) -> jax.Array:
+  """[batch, len] token ids -> int32 [batch]: one past the last non-pad
+  (id > 0) token. Padding is what trails; an id 0 inside a row (a sampled
+  replacement, say) stays a visible key rather than cutting the row short."""
+  pos = jnp.arange(1, tokens.shape[-1] + 1, dtype=jnp.int32)
+  return jnp.max(jnp.where(tokens > 0, pos, 0), axis=-1)
+
+
+def _dense_mask(mask, q_len, kv_len):
+  """An AttentionMask, a boolean mask or None -> boolean mask or None."""
+  if isinstance(mask, AttentionMask):
+    return mask.dense(q_len, kv_len)
+  return mask
+
+
 # ---- attention ---------------------------------------------------------------
 
 
 def _xla_attention(query, key, value, bias, mask, *, dropout_rate,
                    dropout_rng, deterministic, dtype):
-  """Einsum attention without 1/sqrt(d) scaling; fp32 logits and softmax."""
+  """Einsum attention without 1/sqrt(d) scaling; fp32 logits and softmax.
+
+  mask: an AttentionMask, a boolean [b or 1, 1 or heads, q or 1, kv] or None.
+  """
+  mask = _dense_mask(mask, query.shape[1], key.shape[1])
   # [batch, q_len, heads, head_dim] x [batch, kv_len, heads, head_dim]
   #   -> [batch, heads, q_len, kv_len]
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key,
@@ -225,7 +326,7 @@ def _xla_attention(query, key, value, bias, mask, *, dropout_rate,
 
 
 # What `attention_impl='cudnn'` asks jax.nn.dot_product_attention for. Tests
-# set it to 'xla' to run this exact branch (bias cast, mask broadcast, no
+# set it to 'xla' to run this exact branch (bias cast, mask factors, no
 # scaling) on CPU against the einsum path.
 FUSED_IMPLEMENTATION = 'cudnn'
 
@@ -233,19 +334,32 @@ FUSED_IMPLEMENTATION = 'cudnn'
 def _cudnn_attention(query, key, value, bias, mask):
   """cuDNN fused attention (flash): bf16/fp16 inputs, no scaling.
 
-  cuDNN folds the boolean mask into the bias in the input dtype with its own
-  large negative; the relative position bias gets its gradient (dbias).
+  The relative position bias stays [1, heads, q, kv] (unpacked rows: one
+  table for the whole batch) and gets its gradient (dbias) from the kernel.
+  An AttentionMask goes in factored (AttentionMask.fused_args): key padding
+  as lengths and causality as is_causal cost the kernel nothing and let it
+  skip masked tiles. Packed segments have no such form in the public API of
+  JAX 0.10 or 0.11 (cuDNN's packed layout, q_offsets/kv_offsets, is reached
+  only through jax._src, needs Hopper and was never tried with a per-segment
+  bias here), so they go in as a boolean [batch, 1, q, kv] mask, which cuDNN
+  folds into the bias: the cheapest correct form available. A plain boolean
+  mask (older callers) is broadcast to [.., q, kv] and folded too.
   """
+  q_len, kv_len = query.shape[1], key.shape[1]
   if bias is not None:
     bias = bias.astype(query.dtype)
-  if mask is not None:
+  if isinstance(mask, AttentionMask):
+    args = mask.fused_args(q_len, kv_len)
+  else:
+    args = {'mask': mask}
+  if args['mask'] is not None:
     # cuDNN wants the (mask-folded) bias at full [q_len, kv_len]; batch and
     # heads may broadcast. Key-padding masks arrive as [batch, 1, 1, kv_len].
-    mask = jnp.broadcast_to(mask, mask.shape[:2] + (query.shape[1],
-                                                    key.shape[1]))
-  return jax.nn.dot_product_attention(query, key, value, bias=bias, mask=mask,
-                                      scale=1.0,
-                                      implementation=FUSED_IMPLEMENTATION)
+    m = args['mask']
+    args['mask'] = jnp.broadcast_to(m, m.shape[:2] + (q_len, kv_len))
+  return jax.nn.dot_product_attention(query, key, value, bias=bias, scale=1.0,
+                                      implementation=FUSED_IMPLEMENTATION,
+                                      **args)
 
 
 def _select_query_row(bias: jax.Array, index: jax.Array) -> jax.Array:
@@ -280,7 +394,7 @@ class MultiHeadDotProductAttention(nn.Module):
   def __call__(self,
                inputs_q: jax.Array,
                inputs_kv: jax.Array,
-               mask: Optional[jax.Array] = None,
+               mask: Union[AttentionMask, jax.Array, None] = None,
                bias: Optional[jax.Array] = None,
                *,
                deterministic: bool = True,
@@ -380,6 +494,7 @@ class MultiHeadDotProductAttention(nn.Module):
     cache_index.value = cur + 1
     # The new query sees cache slots 0..cur: [batch, 1, 1, length]
     step_mask = (jnp.arange(length)[None, :] <= cur[:, None])[:, None, None, :]
+    mask = _dense_mask(mask, 1, length)
     mask = step_mask if mask is None else jnp.logical_and(mask, step_mask)
     if bias is not None:
       if bias.shape[-1] != length or bias.shape[-2] != length:

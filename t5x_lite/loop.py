@@ -20,8 +20,15 @@ drive one by one:
                        one) every checkpoint.every_steps and at the end;
   _run_steps           trains to train.num_steps, reading each step's metrics
                        one step late so dispatch stays asynchronous; on
-                       SIGTERM (preemption) finishes the step, checkpoints it
-                       and returns.
+                       SIGTERM (preemption) or a first SIGINT (Ctrl-C)
+                       finishes the step, checkpoints it and returns (a
+                       second SIGINT kills the process at once).
+
+Around them: the workdir lock (workdir_lock.py: a second trainer on the same
+workdir stops in one line before it builds anything), and, on resume, the
+metrics.jsonl records of steps the restored checkpoint never saw move to
+metrics.abandoned.jsonl (metrics.drop_records_after), so the file is the run
+that survived.
 
 tokens/s counts every input and target position of the global batch (padding
 included); MFU divides the analytic model FLOPs (t5x_lite/flops.py) by the
@@ -30,11 +37,19 @@ train.peak_flops_per_device is set).
 
 A non-finite loss or gradient norm stops the run with an error naming the step
 (nothing is checkpointed after the last good step), unless
-train.skip_nonfinite_updates, in which case the update is dropped and counted.
+train.skip_nonfinite_updates, in which case the update is dropped and counted,
+up to train.max_consecutive_skipped_steps in a row and train.max_skipped_steps
+in all (0: no cap): past a cap the params themselves are the problem (a
+diverged learning rate), so the run stops with the non-finite error and the
+checkpoints holding those params are moved to checkpoints/unusable/. A
+checkpoint due at a skipped step waits for the next finite one. A non-finite
+eval loss always stops the run the same way: no checkpoint is written of a
+state whose params or eval loss are not finite.
+
+A checkpoint write that fails stops the run within a step or two
+(Checkpointer.poll after every step), not at the next checkpoint.
 """
 import os
-import signal
-import threading
 import time
 from typing import (Any, Callable, Dict, Iterable, Iterator, List, Optional,
                     Sequence, Tuple)
@@ -50,8 +65,12 @@ from t5x_lite import lengths
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import models
 from t5x_lite import partitioning
+from t5x_lite import preemption as preemption_lib
 from t5x_lite import train_setup
+from t5x_lite import workdir_lock
 from t5x_lite.config import ConfigError
+
+PreemptionWatcher = preemption_lib.PreemptionWatcher
 
 # A hook runs after every step is dispatched: hook(step) (tests use it to
 # send signals at a known step; a profiler could start and stop there).
@@ -59,54 +78,14 @@ Hook = Callable[[int], None]
 
 
 class NonFiniteError(FloatingPointError):
-  """A train step produced a non-finite loss or gradient norm."""
+  """A train step produced a non-finite loss or gradient norm (or an eval
+  a non-finite loss). `ruined_from`: the step whose params are to blame
+  (the last update applied), when the error says the params are; the loop
+  then sets aside the checkpoints holding them."""
 
-
-# ---- preemption ---------------------------------------------------------------
-
-
-class PreemptionWatcher:
-  """SIGTERM -> checkpoint at the current step and stop.
-
-  One process: a Python SIGTERM handler sets a flag the loop polls after each
-  step. Several processes: JAX's distributed runtime already turns SIGTERM
-  into a preemption notice, and `reached_preemption_sync_point(step)` makes
-  every process stop at the same step (a Python handler would replace JAX's).
-  """
-
-  def __init__(self):
-    self._flag = threading.Event()
-    self._previous = None
-    self._installed = False
-
-  def __enter__(self):
-    if jax.process_count() == 1 and (
-        threading.current_thread() is threading.main_thread()):
-      self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-      self._installed = True
-    return self
-
-  def __exit__(self, *exc):
-    if self._installed:
-      signal.signal(signal.SIGTERM, self._previous)
-      self._installed = False
-
-  def _on_sigterm(self, signum, frame):
-    del signum, frame
-    if not self._flag.is_set():
-      logging.warning('SIGTERM: finishing this step, then checkpointing.')
-    self._flag.set()
-
-  def reached(self, step: int) -> bool:
-    if self._flag.is_set():
-      return True
-    if jax.process_count() > 1:
-      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-      try:
-        return bool(multihost_utils.reached_preemption_sync_point(step))
-      except RuntimeError:  # no preemption sync manager in this runtime
-        return False
-    return False
+  def __init__(self, message: str, ruined_from: Optional[int] = None):
+    super().__init__(message)
+    self.ruined_from = ruined_from
 
 
 # ---- train batches -----------------------------------------------------------------
@@ -204,14 +183,17 @@ def _progress_line(step, num_steps, values, rates, skipped) -> str:
 
 
 def _history_eval_losses(workdir: str) -> List[tuple]:
-  """(step, eval/loss) of every eval in metrics.jsonl, earlier runs included."""
+  """(step, eval/loss) of every eval in metrics.jsonl, earlier runs
+  included; a non-finite loss (null in JSON) is nan, not left out, so the
+  summary never calls an older value the last."""
   path = os.path.join(workdir, metrics_lib.METRICS_FILE)
   if not os.path.exists(path):
     return []
   out = []
   for rec in metrics_lib.read_metrics(path):
-    if rec.get('eval/loss') is not None:
-      out.append((rec['step'], rec['eval/loss']))
+    if 'eval/loss' in rec:
+      loss = rec['eval/loss']
+      out.append((rec['step'], float('nan') if loss is None else loss))
   return out
 
 
@@ -230,13 +212,21 @@ the learning rate and the rates go to `writer` and one progress line.
 
   def __init__(self, writer, throughput: metrics_lib.Throughput, *,
                num_steps: int, log_every: int, skipped_steps: int = 0,
-               last_checkpoint: Callable[[], Optional[int]] = lambda: None):
+               last_checkpoint: Callable[[], Optional[int]] = lambda: None,
+               max_consecutive_skipped: int = 0, max_skipped: int = 0,
+               start_step: Optional[int] = None):
     self.writer = writer
     self.throughput = throughput
     self.num_steps = int(num_steps)
     self.log_every = max(1, int(log_every))
     self.skipped = int(skipped_steps)  # earlier runs' included
     self.last_checkpoint = last_checkpoint
+    self.max_consecutive_skipped = int(max_consecutive_skipped)  # 0: no cap
+    self.max_skipped = int(max_skipped)  # 0: no cap
+    self.streak = 0  # skipped steps in a row, up to the last processed step
+    # The last step whose update was applied: a skipped step leaves its
+    # params in place, so they are the params a skip streak is stuck on.
+    self.last_applied = start_step
     self.window = _Window()
     self.last_rates: Dict[str, Any] = {}
     self.last_values: Dict[str, Any] = {}  # the last log line's, as written
@@ -249,6 +239,8 @@ the learning rate and the rates go to `writer` and one progress line.
     m = {k: float(v) for k, v in jax.device_get(metrics).items()}
     if m['is_finite'] <= 0:
       self._non_finite(step, m, shapes)
+    else:
+      self.streak, self.last_applied = 0, step
     if not self.throughput.started:
       self.throughput.start(step)  # the first step included compilation
     self.window.add(m)
@@ -259,9 +251,11 @@ the learning rate and the rates go to `writer` and one progress line.
   def _non_finite(self, step: int, m: Dict[str, float], shapes: str):
     if m['skipped'] > 0:
       self.skipped += 1
+      self.streak += 1
       logging.warning('Step %d: non-finite loss %.4g / grad norm %.4g; '
                       'update skipped (%d so far).', step, m['loss'],
                       m['grad_norm'], self.skipped)
+      self._check_caps(step, m)
       return
     good = self.last_checkpoint()
     raise NonFiniteError(
@@ -272,6 +266,34 @@ the learning rate and the rates go to `writer` and one progress line.
         f'{"none" if good is None else good}). Lower '
         'optimizer.learning_rate or set optimizer.grad_clip_norm, or set '
         'train.skip_nonfinite_updates=True to drop such steps.')
+
+  def _check_caps(self, step: int, m: Dict[str, float]):
+    """Past train.max_consecutive_skipped_steps in a row the params are to
+    blame (a diverged learning rate leaves every later step non-finite);
+    past train.max_skipped_steps the run has dropped too much data."""
+    what = (f'loss={m["loss"]}, grad_norm={m["grad_norm"]}, learning_rate='
+            f'{m["learning_rate"]:.3g}')
+    fix = ('Lower optimizer.learning_rate or set optimizer.grad_clip_norm, '
+           'then resume from the last usable checkpoint')
+    cap = self.max_consecutive_skipped
+    if cap > 0 and self.streak > cap:
+      since = self.last_applied
+      since = step - self.streak if since is None else since
+      raise NonFiniteError(
+          f'Step {step}: {self.streak} non-finite steps in a row (steps '
+          f'{step - self.streak + 1}-{step}, skipped; the last: {what}), more '
+          f'than train.max_consecutive_skipped_steps={cap}: the params of '
+          f'step {since} no longer train. {fix} (or raise '
+          'train.max_consecutive_skipped_steps).', ruined_from=since)
+    cap = self.max_skipped
+    if cap > 0 and self.skipped > cap:
+      good = self.last_checkpoint()
+      raise NonFiniteError(
+          f'Step {step} produced a non-finite loss or gradient ({what}): '
+          f'{self.skipped} steps skipped in all, more than '
+          f'train.max_skipped_steps={cap} (last checkpoint: '
+          f'{"none" if good is None else good}). {fix}, or find the batches '
+          'that break (or raise train.max_skipped_steps).')
 
   def _log(self, step: int, m: Dict[str, float]):
     rates = self.throughput.report(step, self.num_steps) or self.last_rates
@@ -336,7 +358,10 @@ class PeriodicEval:
     out['eval/batches'] = n
     return out
 
-  def __call__(self, step: int, params):
+  def __call__(self, step: int, params, params_from: Optional[int] = None):
+    """Evaluates, writes and logs; a non-finite loss is written (null in
+    JSON), logged as nan and raised as NonFiniteError: those params are not
+    to be checkpointed (`params_from`: the step that made them)."""
     t0 = time.perf_counter()
     result = self.evaluate(params)
     if result:
@@ -346,6 +371,14 @@ class PeriodicEval:
                    '%.1fs)', step, result['eval/loss'],
                    result['eval/accuracy'], result['eval/batches'],
                    time.perf_counter() - t0)
+      if not np.isfinite(result['eval/loss']):
+        raise NonFiniteError(
+            f'Step {step}: the eval loss is {result["eval/loss"]} on '
+            f'{result["eval/batches"]} batches of task.eval_split: the params '
+            'no longer give a finite loss and are not checkpointed. Lower '
+            'optimizer.learning_rate or set optimizer.grad_clip_norm, then '
+            'resume from the last usable checkpoint.',
+            ruined_from=step if params_from is None else params_from)
 
 
 # ---- checkpointing ----------------------------------------------------------------
@@ -388,6 +421,10 @@ class Checkpointing:
                    data=self.data_item(batches_consumed, skipped_steps),
                    config=train_setup.config_dict(self.config), loss=loss)
 
+  def poll(self):
+    """Raises a failed asynchronous write as soon as it is known."""
+    self.ckpt.poll()
+
   def committed_step(self) -> Optional[int]:
     """The newest step on disk once pending writes finish (a failed write
     is logged, not raised: the caller is reporting another error)."""
@@ -397,8 +434,32 @@ class Checkpointing:
       logging.error('%s', e)
     return self.ckpt.latest_step()
 
+  def set_aside_ruined(self, since: int, why: str) -> str:
+    """Moves the checkpoints of steps >= `since` (they hold the params a
+    NonFiniteError blames) to checkpoints/unusable/; says what is left."""
+    self.committed_step()
+    moved = [s for s in self.ckpt.all_steps() if s >= since]
+    for s in moved:
+      self.ckpt.set_aside(s, why)
+    good = self.ckpt.latest_step()
+    left = ('no usable checkpoint is left' if good is None else
+            f'the last usable checkpoint is step {good}')
+    if not moved:
+      return f'No checkpoint holds those params; {left}.'
+    where = os.path.join(self.ckpt.directory, checkpoints.UNUSABLE_DIR)
+    return (f'Checkpoint step{"s" if len(moved) > 1 else ""} '
+            f'{", ".join(map(str, moved))} hold{"" if len(moved) > 1 else "s"}'
+            f' those params: moved to {where}; {left}.')
+
 
 # ---- the loop -------------------------------------------------------------------------
+
+
+def _stop_line(preemption: PreemptionWatcher, step: int) -> str:
+  if preemption.signal_name == 'SIGINT':
+    return (f'Interrupted (SIGINT): checkpointed step {step}; exiting with '
+            'status 130.')
+  return f'Preempted: checkpointed step {step}; exiting.'
 
 
 def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
@@ -413,7 +474,8 @@ def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
   inject_at = int(config.train.get('inject_nan_at_step', 0))
   state, run.state = run.state, None  # the steps donate it
   step, consumed, pending = run.start_step, run.position.batches_consumed, None
-  preempted = preemption.reached(step)  # a SIGTERM during set-up
+  deferred = False  # a checkpoint due at a skipped step, not written yet
+  preempted = preemption.reached(step)  # a signal during set-up
   if step == 0 and eval_every > 0 and num_steps > 0 and not preempted:
     periodic_eval(0, state.params)  # the untrained loss: the curve's start
   if step >= num_steps:
@@ -431,26 +493,34 @@ def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
     if pending is not None:
       logger.process(*pending)
     pending = (step, m, shapes)
+    saving.poll()  # a failed asynchronous write stops the run here
     for hook in hooks:
       hook(step)
     at_eval = step % eval_every == 0 or step == num_steps
-    at_ckpt = step % ckpt_every == 0 or step == num_steps
+    at_ckpt = step % ckpt_every == 0 or step == num_steps or deferred
     preempted = preemption.reached(step)
     if at_eval or at_ckpt or preempted:
       loss = logger.process(*pending)  # this step's metrics are needed now
       pending = None
       if at_eval and not preempted:
-        periodic_eval(step, state.params)
-      if at_ckpt or preempted:
+        periodic_eval(step, state.params, params_from=logger.last_applied)
+      # A skipped step's state just failed a step: wait for a finite one
+      # (the last step and a preemption save it anyway: there is no next).
+      deferred = (at_ckpt and loss is None and step < num_steps and
+                  not preempted)
+      if deferred:
+        logging.info('Step %d was skipped (non-finite): its checkpoint waits '
+                     'for the next finite step.', step)
+      elif at_ckpt or preempted:
         saving.save(step, state, loss=loss, batches_consumed=consumed,
                     skipped_steps=logger.skipped)
       logger.throughput.start(step)  # keep eval and saving out of steps/s
     if preempted:
-      logging.warning('Preempted: checkpointed step %d; exiting.', step)
+      logging.warning('%s', _stop_line(preemption, step))
       break
   if preempted and step == run.start_step:
-    logging.warning('SIGTERM before the first step: nothing new to '
-                    'checkpoint; exiting.')
+    logging.warning('%s before the first step: nothing new to checkpoint; '
+                    'exiting.', preemption.signal_name or 'Preemption')
   if pending is not None:
     logger.process(*pending)
   run.ckpt.wait_until_finished()
@@ -458,10 +528,12 @@ def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
 
 
 def _result(workdir: str, step: int, preempted: bool, logger: StepLogger,
-            last_eval: Dict[str, float]) -> Dict[str, Any]:
+            last_eval: Dict[str, float], stopped_by: Optional[str] = None
+            ) -> Dict[str, Any]:
   """train_and_evaluate's return value (and the validation-loss line)."""
   history = _history_eval_losses(workdir) if jax.process_index() == 0 else []
   result = {'step': step, 'preempted': preempted,
+            'stopped_by': stopped_by if preempted else None,
             'skipped_steps': logger.skipped}
   result.update({k: v for k, v in logger.last_values.items() if v is not None})
   result.update(last_eval)
@@ -486,38 +558,79 @@ def train_and_evaluate(config, workdir: str, *,
   Returns:
     final metrics: step, loss/accuracy (the last log window), eval/loss,
     first_eval_loss/last_eval_loss (over the workdir's history),
-    skipped_steps, preempted, steps_per_s.
+    skipped_steps, preempted, stopped_by ('SIGTERM', 'SIGINT' or None),
+    steps_per_s.
   Raises:
     ConfigError: a config problem, before anything compiles.
-    NonFiniteError: a non-finite step without train.skip_nonfinite_updates.
+    workdir_lock.WorkdirInUseError: another live run holds the workdir.
+    NonFiniteError: a non-finite step without train.skip_nonfinite_updates,
+      past a skip cap, or a non-finite eval loss.
     checkpoints.CheckpointError: a checkpoint could not be read or written.
   """
-  # From here on SIGTERM checkpoints and returns instead of killing the
-  # process, set-up and compilation included.
+  # From here on SIGTERM and a first SIGINT checkpoint and return instead of
+  # killing the process, set-up and compilation included.
   with PreemptionWatcher() as preemption:
-    return _train(config, workdir, hooks, preemption)
+    workdir = train_setup.prepare(config, workdir)
+    with workdir_lock.hold(workdir):
+      return _train(config, workdir, hooks, preemption)
+
+
+def _start_metrics(run: train_setup.RunSetup):
+  """The metrics writer, after moving the records of steps the restored
+  checkpoint never saw (all of them for a fresh start) out of
+  metrics.jsonl, and telling TensorBoard where the run continues."""
+  if jax.process_index() == 0:
+    moved, span = metrics_lib.drop_records_after(
+        run.workdir, run.start_step if run.resumed else None)
+    if moved:
+      logging.info(
+          '%s: moved %d records of steps %d-%d, which this run redoes from '
+          'step %d, to %s.', metrics_lib.METRICS_FILE, moved, span[0],
+          span[1], run.start_step, metrics_lib.ABANDONED_FILE)
+  writer = metrics_lib.create_writer(run.workdir)
+  if run.resumed:
+    writer.restart_at(run.start_step + 1)
+  return writer
 
 
 def _train(config, workdir: str, hooks: Sequence[Hook],
            preemption: PreemptionWatcher) -> Dict[str, Any]:
   """train_and_evaluate's body: set-up, the pieces, the steps, the result."""
-  run = train_setup.setup(config, workdir)
+  run = train_setup.build(config, workdir)
   throughput = make_throughput(config, run.model)
-  writer = metrics_lib.create_writer(run.workdir)
+  writer = _start_metrics(run)
   saving = Checkpointing(run.ckpt, config, run.host, run.position.seed)
-  logger = StepLogger(writer, throughput,
-                      num_steps=int(config.train.num_steps),
-                      log_every=int(config.train.log_every_steps),
-                      skipped_steps=run.position.skipped_steps,
-                      last_checkpoint=saving.committed_step)
+  logger = StepLogger(
+      writer, throughput, num_steps=int(config.train.num_steps),
+      log_every=int(config.train.log_every_steps),
+      skipped_steps=run.position.skipped_steps,
+      last_checkpoint=saving.committed_step,
+      max_consecutive_skipped=int(
+          config.train.get('max_consecutive_skipped_steps', 0)),
+      max_skipped=int(config.train.get('max_skipped_steps', 0)),
+      start_step=run.start_step)
   periodic_eval = PeriodicEval(run.eval_step, run.eval_data,
                                run.batch_sharding, writer)
+  failed_write = False
   try:
     step, preempted = _run_steps(run, logger, periodic_eval, saving, hooks,
                                  preemption)
+  except NonFiniteError as e:
+    if e.ruined_from is not None:  # the checkpoints of those params go
+      e.args = (f'{e.args[0]} ' + saving.set_aside_ruined(
+          e.ruined_from, f'its params are those of step {e.ruined_from}: '
+          f'{e.args[0]}'),)
+    raise
+  except checkpoints.CheckpointError:
+    failed_write = True
+    raise
   finally:
     try:
-      run.ckpt.close()
+      if failed_write:  # Orbax threads may wait for a failed one: let go
+        run.ckpt.abandon()
+      else:
+        run.ckpt.close()
     finally:
       writer.close()
-  return _result(run.workdir, step, preempted, logger, periodic_eval.last)
+  return _result(run.workdir, step, preempted, logger, periodic_eval.last,
+                 preemption.signal_name)

@@ -11,6 +11,13 @@ tensorboard package) and, as one JSON object per call, to workdir/metrics.jsonl:
 A non-finite value is written as null in JSON (JSON has no NaN) and skipped in
 TensorBoard. Processes other than 0 get a writer that only logs.
 
+metrics.jsonl is the run that survived: a run that resumes from step S (a
+restart after a kill, or a fallback past a damaged checkpoint) first moves
+the records of steps after S, which the checkpoint it resumes from never
+saw, to metrics.abandoned.jsonl (`drop_records_after`), and TensorBoard is
+told the same with a SessionLog START event at step S+1 (TensorBoard then
+drops the older events from S+1 on: its purge_orphaned_data).
+
 TensorBoard events are written with the `tensorboard` package's own event
 writer and protos (`EventFileWriter` below), not clu's SummaryWriter: that one
 imports TensorFlow, which stays inside t5x_lite/tasks/ so GPU/TPU hosts can
@@ -20,12 +27,13 @@ import json
 import math
 import os
 import time
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from absl import logging
 import numpy as np
 
 METRICS_FILE = 'metrics.jsonl'
+ABANDONED_FILE = 'metrics.abandoned.jsonl'  # records of steps a resume redid
 
 # Dense bf16 peak FLOP/s of one JAX device, by a substring of device_kind
 # (lowercase; first match wins, so the longer names come first). MFU is
@@ -254,6 +262,13 @@ class EventFileWriter:
   def write_hparams(self, hparams):
     del hparams  # the resolved config lives in workdir/config.json
 
+  def restart_at(self, step: int):
+    """TensorBoard drops the events of earlier files from `step` on."""
+    self._writer.add_event(self._event_pb2.Event(
+        wall_time=time.time(), step=int(step),
+        session_log=self._event_pb2.SessionLog(
+            status=self._event_pb2.SessionLog.START)))
+
   def flush(self):
     self._writer.flush()
 
@@ -283,6 +298,9 @@ class _FiniteScalars:
   def write_hparams(self, hparams):
     self._w.write_hparams(hparams)
 
+  def restart_at(self, step: int):
+    self._w.restart_at(step)
+
   def flush(self):
     self._w.flush()
 
@@ -309,6 +327,12 @@ class MultiWriter:
     for w in self.writers:
       w.write_hparams(hparams)
 
+  def restart_at(self, step: int):
+    """A resumed run continues from `step` (writers that keep history)."""
+    for w in self.writers:
+      if hasattr(w, 'restart_at'):
+        w.restart_at(step)
+
   def flush(self):
     for w in self.writers:
       w.flush()
@@ -330,6 +354,46 @@ def create_writer(workdir: str, *, tensorboard: bool = True,
   if tensorboard:
     writers.append(_FiniteScalars(_tensorboard_writer(workdir)))
   return MultiWriter(writers)
+
+
+def drop_records_after(workdir: str, step: Optional[int]
+                       ) -> Tuple[int, List[int]]:
+  """Moves the records of workdir/metrics.jsonl with a step after `step`
+  (None: every record, for a run that starts over) to
+  metrics.abandoned.jsonl, appended verbatim; a line that does not parse
+  stays. Returns (records moved, their first and last step). Atomic: the
+  file is rewritten beside itself and renamed over."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return 0, []
+  kept, dropped, steps = [], [], []
+  with open(path) as f:
+    for line in f:
+      if not line.strip():
+        continue
+      try:
+        record_step = int(json.loads(line)['step'])
+      except (ValueError, KeyError, TypeError):
+        kept.append(line)
+        continue
+      if step is None or record_step > step:
+        dropped.append(line if line.endswith('\n') else line + '\n')
+        steps.append(record_step)
+      else:
+        kept.append(line)
+  if not dropped:
+    return 0, []
+  with open(os.path.join(workdir, ABANDONED_FILE), 'a') as f:
+    f.writelines(dropped)
+    f.flush()
+    os.fsync(f.fileno())
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    f.writelines(kept)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return len(dropped), [min(steps), max(steps)]
 
 
 def read_metrics(workdir_or_path: str):

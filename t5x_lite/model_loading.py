@@ -10,6 +10,7 @@ config saved with the checkpoint, so a checkpoint loads whatever --config
 says about them; the params are restored straight into the mesh's shardings.
 Every failure is a CheckpointError naming the path and the steps that exist.
 """
+import json
 import os
 from typing import Any, Dict, List, Tuple
 
@@ -60,13 +61,29 @@ def resolve_checkpoint(path: str) -> Tuple[str, str, int]:
 
 
 def stored_config(kind: str, where: str) -> Dict[str, Any]:
-  """The config dict saved with a checkpoint ({} when there is none)."""
-  try:
-    if kind == 'state':
-      return checkpoints.read_json_item(where, 'config') or {}
-    return checkpoints.read_params_only_config(where)
-  except (OSError, ValueError):
-    return {}
+  """The config dict saved with a checkpoint ({} when there is none): a
+  params-only dir's config.json; a step's 'config' item, else its workdir's
+  config.json (WORKDIR/checkpoints/<step> -> WORKDIR/config.json)."""
+  if kind == 'params':
+    try:
+      return checkpoints.read_params_only_config(where)
+    except (OSError, ValueError):
+      return {}
+  for read in (lambda: checkpoints.read_json_item(where, 'config'),
+               lambda: _read_json(os.path.join(
+                   os.path.dirname(os.path.dirname(where)), 'config.json'))):
+    try:
+      saved = read()
+    except (OSError, ValueError):
+      continue
+    if saved:
+      return saved
+  return {}
+
+
+def _read_json(path: str) -> Dict[str, Any]:
+  with open(path) as f:
+    return json.load(f)
 
 
 def _copy_fields(group, stored: Dict[str, Any], keys, prefix: str
@@ -109,6 +126,18 @@ def apply_checkpoint_model(config, stored: Dict[str, Any]) -> List[str]:
   return changes
 
 
+def check_task_vocabulary(config, where: str):
+  """A checkpoint whose embedding (model.vocab_size, from its saved config)
+  is smaller than config.task.name's vocabulary, an HF import with another
+  vocabulary say, fails here in one line with both sizes (ConfigError),
+  before anything compiles: out-of-range ids would be embedded silently."""
+  name = config.task.name
+  from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  if name and name in tasks.registered_names():  # else: reported elsewhere
+    tasks.check_vocabulary(name, int(config.model.vocab_size),
+                           what=f'checkpoint {where}')
+
+
 def load_model(config, path: str, mesh=None):
   """(model, params, info) for the checkpoint at `path`.
 
@@ -121,6 +150,7 @@ def load_model(config, path: str, mesh=None):
   kind, where, step = resolve_checkpoint(path)
   for change in apply_checkpoint_model(config, stored_config(kind, where)):
     logging.info('config.model from the checkpoint: %s', change)
+  check_task_vocabulary(config, where)
   model = objectives.build_model(config)
   mesh = mesh or partitioning.make_mesh(config.mesh)
   abstract, shardings = trainer.abstract_params(

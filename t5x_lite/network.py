@@ -71,44 +71,39 @@ def _dtype(cfg: ModelConfig):
 
 
 # ---- masks -------------------------------------------------------------------
-# Boolean, [batch or 1, 1, q_len or 1, kv_len]; True = may attend.
+# layers.AttentionMask, factored (key lengths, causal, segment ids, prefix):
+# the einsum path materialises it, the fused path passes each factor in the
+# form cuDNN skips work with (lengths, is_causal) instead of a dense mask.
 
 
 def encoder_mask(tokens, segment_ids=None):
-  """Keys that are real tokens, in the query's segment when packed."""
-  mask = (tokens > 0)[:, None, None, :]
-  if segment_ids is not None:
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # [b, q, k]
-    mask = jnp.logical_and(mask, same[:, None])
-  return mask
+  """Keys that are real tokens (padding is trailing), in the query's segment
+  when packed."""
+  return layers.AttentionMask(kv_lengths=layers.key_lengths(tokens),
+                              q_segment_ids=segment_ids,
+                              kv_segment_ids=segment_ids)
 
 
-def decoder_mask(length, segment_ids=None, causal_attention=None):
+def decoder_mask(segment_ids=None, causal_attention=None):
   """Causal (bidirectional on the prefix where causal_attention is 1).
 
   Padding keys need no mask: a real query never sees a later position, and
   packed padding has its own segment id 0. (The decoder's first input is BOS
   = 0, so tokens > 0 would wrongly hide it.)
   """
-  idx = jnp.arange(length)
-  mask = (idx[:, None] >= idx[None, :])[None]  # [1, q, k]
-  if causal_attention is not None:
-    prefix = causal_attention > 0
-    mask = jnp.logical_or(mask, prefix[:, :, None] & prefix[:, None, :])
-  if segment_ids is not None:
-    mask = jnp.logical_and(
-        mask, segment_ids[:, :, None] == segment_ids[:, None, :])
-  return mask[:, None]
+  return layers.AttentionMask(causal=True, prefix=causal_attention,
+                              q_segment_ids=segment_ids,
+                              kv_segment_ids=segment_ids)
 
 
 def cross_mask(encoder_tokens, decoder_segment_ids=None,
                encoder_segment_ids=None):
   """Decoder queries -> real encoder tokens of the same segment."""
-  mask = (encoder_tokens > 0)[:, None, None, :]
-  if decoder_segment_ids is not None and encoder_segment_ids is not None:
-    same = decoder_segment_ids[:, :, None] == encoder_segment_ids[:, None, :]
-    mask = jnp.logical_and(mask, same[:, None])
-  return mask
+  packed = decoder_segment_ids is not None and encoder_segment_ids is not None
+  return layers.AttentionMask(
+      kv_lengths=layers.key_lengths(encoder_tokens),
+      q_segment_ids=decoder_segment_ids if packed else None,
+      kv_segment_ids=encoder_segment_ids if packed else None)
 
 
 def _positions(positions, length):
@@ -303,7 +298,7 @@ class Decoder(nn.Module):
     else:
       pos = _positions(positions, length)
       bias = relpos(pos, pos)
-      mask = decoder_mask(length, segment_ids, causal_attention)
+      mask = decoder_mask(segment_ids, causal_attention)
     x = _run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x, mask, bias,
                     encoded, enc_dec_mask, prefill_lengths, deterministic=det,
                     decode=decode, prefill=prefill,
@@ -549,7 +544,7 @@ def unstack_layers(tree):
 
 def size_report() -> list:
   """(name, params, published or None, relative error or None) per size."""
-  from configs import models  # pylint: disable=g-import-not-at-top
+  from t5x_lite.configs import models  # pylint: disable=g-import-not-at-top
   rows = []
   for name in models.SIZES:
     c = models.apply_size(ml_collections.ConfigDict(

@@ -6,14 +6,21 @@ Everything loop.py's steps need, built once and in this order:
      compiles);
   2. model, optimizer, mesh, batch sharding and this process's input shard
      (train and eval batch sizes);
-  3. workdir/config.json; the state: resumed from the newest usable
-     checkpoint in workdir/checkpoints (its data position too), or
-     initialised into its shardings, optionally with the params of
-     checkpoint.restore_from;
-  4. the data iterators: the train split skips exactly the batches already
-     consumed (so a resumed run sees the batches an uninterrupted one would),
+  3. the state: resumed from the newest usable checkpoint in
+     workdir/checkpoints (its data position too), or initialised into its
+     shardings, optionally with the params of checkpoint.restore_from;
+  4. the data iterators: the train split skips exactly the rows already
+     consumed (so a resumed run sees the rows an uninterrupted one would,
+     also after a change of train.batch_size when the rows consumed divide
+     into whole batches of the new size; otherwise the resume is refused),
      the eval split is read the same way at every eval;
-  5. the jitted train and eval steps (compiled at their first call).
+  5. the jitted train and eval steps (compiled at their first call);
+  6. workdir/config.json, last: a config that a resume rejects (another
+     model, a batch size the position cannot convert to) leaves the one of
+     the run it tried to resume in place.
+
+`setup` is `prepare` (1, and the workdir; no JAX work) then `build` (2-6):
+loop.py takes the workdir lock between the two.
 """
 import dataclasses
 import json
@@ -64,15 +71,19 @@ class RunSetup:
   train_data: Iterator[Dict[str, np.ndarray]]  # host batches, from position
   eval_data: 'EvalData'
   position: DataPosition
+  resumed: bool = False  # from a checkpoint of this workdir
 
 
 # ---- checks and records ------------------------------------------------------------
 
 
-def check_task(config):
+def check_task(config, splits=None):
   """Unknown task names fail here, before anything compiles; then the task's
   objective fills config.objective.name ('' = the task's) or must equal it,
-  and the objective's own checks run on it."""
+  and the objective's own checks run on it. Last the task's data: the files
+  of each of `splits` (default: the train split, and the eval split when the
+  run evaluates; () skips it) and its vocabulary, which must fit
+  model.vocab_size (tasks.check_data / check_vocabulary: one line each)."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
   names = tasks.registered_names()
   if config.task.name not in names:
@@ -84,6 +95,11 @@ def check_task(config):
   tasks.resolve_objective(config)
   if config.objective.name != before:
     config_lib.validate(config)
+  if splits is None:
+    splits = [config.task.train_split] + (
+        [config.task.eval_split] if int(config.eval.num_batches) else [])
+  tasks.check_data(config.task.name, splits)
+  tasks.check_vocabulary(config.task.name, int(config.model.vocab_size))
 
 
 def make_workdir(workdir: str):
@@ -118,17 +134,18 @@ def config_dict(config) -> Dict[str, Any]:
 
 
 def warn_on_config_drift(saved: Dict[str, Any], config):
-  """Changes that make a resumed data position mean something else."""
+  """Changes that make a resumed data position mean something else
+  (train.batch_size is not one: data_position converts it exactly)."""
   now = config_dict(config)
   for group, key in (('task', 'name'), ('task', 'feature_lengths'),
-                     ('task', 'pack'), ('train', 'batch_size'),
-                     ('train', 'seed')):
+                     ('task', 'pack'), ('train', 'seed')):
     before = saved.get(group, {}).get(key)
     if before is not None and before != now[group][key]:
       logging.warning(
           'Resuming with %s.%s=%r, but the checkpoint was trained with %r: the '
-          'data position is restored as a batch count and will not reproduce '
-          'the uninterrupted run.', group, key, now[group][key], before)
+          'data position is restored as a row count of another stream and '
+          'will not reproduce the uninterrupted run.', group, key,
+          now[group][key], before)
 
 
 # ---- eval data --------------------------------------------------------------------
@@ -221,10 +238,58 @@ def _restore_or_init(config, model, tx, mesh, rules, ckpt, abstract_state,
   return state, None
 
 
+def _saved_rows_per_batch(restored: checkpoints.Restored) -> Optional[int]:
+  """The per-host batch size the checkpoint's position counts in (its data
+  item; older checkpoints: its config's train.batch_size / processes)."""
+  data = restored.data
+  if data.get('per_host_batch_size'):
+    return int(data['per_host_batch_size'])
+  global_batch = restored.config.get('train', {}).get('batch_size')
+  if global_batch:
+    return int(global_batch) // int(data.get('process_count', 1) or 1)
+  return None
+
+
+def convert_position(batches: int, saved_rows: Optional[int], rows: int,
+                     global_batch: int) -> int:
+  """`batches` of `saved_rows` rows as batches of `rows` rows, exactly.
+
+  The train split's rows come in the same order whatever the batch size
+  (tasks.get_dataset batches after packing), so the position is a row count;
+  resuming at another per-host batch size skips rows // rows batches. A row
+  count that is not a whole number of new batches cannot be resumed without
+  training a row twice or skipping one: ConfigError.
+  """
+  if saved_rows is None or saved_rows == rows or not batches:
+    return batches
+  consumed = batches * saved_rows
+  if consumed % rows:
+    divisors = [str(d) for d in range(1, min(consumed, 4096) + 1)
+                if consumed % d == 0]
+    if len(divisors) > 10:
+      divisors = ['...'] + divisors[-8:]
+    raise ConfigError(
+        f'The checkpoint consumed {consumed} rows per process ({batches} '
+        f'batches of {saved_rows}); train.batch_size={global_batch} gives '
+        f'{rows} rows per process per step, which does not divide {consumed}: '
+        'the resume would train rows twice or skip some. Resume with the '
+        f'batch size it was trained with ({saved_rows * jax.process_count()}) '
+        f'or one giving rows per process that divide {consumed} '
+        f'({", ".join(divisors)}).')
+  converted = consumed // rows
+  logging.info('train.batch_size changed: the checkpoint consumed %d rows per '
+               'process (%d batches of %d); resuming after %d batches of %d '
+               '(exact: no row trained twice or skipped).', consumed, batches,
+               saved_rows, converted, rows)
+  return converted
+
+
 def data_position(config, restored: Optional[checkpoints.Restored],
-                  start_step: int) -> DataPosition:
-  """This process's data position: from the checkpoint's 'data' item, or
-  the start of the split (warnings when it cannot reproduce the run)."""
+                  start_step: int, rows_per_batch: Optional[int] = None
+                  ) -> DataPosition:
+  """This process's data position: from the checkpoint's 'data' item
+  (converted to `rows_per_batch`, this run's per-host batch size), or the
+  start of the split (warnings when it cannot reproduce the run)."""
   saved = restored.data if restored is not None else {}
   pid = str(jax.process_index())
   consumed = int(saved.get('batches_consumed', {}).get(pid, 0))
@@ -235,6 +300,10 @@ def data_position(config, restored: Optional[checkpoints.Restored],
         'process skips %d batches of its new input shard, which is not the '
         'data an uninterrupted run would see next.', saved_processes,
         jax.process_count(), consumed)
+  elif restored is not None and rows_per_batch:
+    consumed = convert_position(consumed, _saved_rows_per_batch(restored),
+                                int(rows_per_batch),
+                                int(config.train.batch_size))
   seed = int(config.train.seed)
   if restored is not None and not config.train.data_iterator_checkpointing:
     # No saved position: a fresh order rather than replaying the first batches.
@@ -245,17 +314,30 @@ def data_position(config, restored: Optional[checkpoints.Restored],
                       skipped_steps=int(saved.get('skipped_steps', 0)))
 
 
+def prepare(config, workdir: str) -> str:
+  """Step 1 of `setup`: the config validated, the task checked and the
+  workdir created (ConfigError: one line). Returns the absolute workdir."""
+  workdir = os.path.abspath(workdir)
+  config_lib.validate(config)
+  check_task(config)
+  make_workdir(workdir)
+  return workdir
+
+
 def setup(config, workdir: str) -> RunSetup:
-  """Builds a run of `config` in `workdir` (see the module doc).
+  """Builds a run of `config` in `workdir` (see the module doc):
+  `build(config, prepare(config, workdir))`.
 
   Raises:
     ConfigError: a config problem, before anything compiles.
     checkpoints.CheckpointError: no usable checkpoint could be read.
   """
-  workdir = os.path.abspath(workdir)
-  config_lib.validate(config)
-  check_task(config)
-  make_workdir(workdir)
+  return build(config, prepare(config, workdir))
+
+
+def build(config, workdir: str) -> RunSetup:
+  """Steps 2-6 of `setup` in a prepared (absolute) `workdir`; the
+  checkpointer is closed again when any of them fails."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
 
   model = objectives.build_model(config)
@@ -268,32 +350,36 @@ def setup(config, workdir: str) -> RunSetup:
   logging.info('mesh %s; %d processes; this one reads input shard %d/%d '
                '(%d rows per step)', dict(mesh.shape), jax.process_count(),
                host.index, host.num_shards, host.per_host_batch_size)
-  write_config(config, workdir)
 
   ckpt = checkpoints.Checkpointer(
       checkpoints.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
       async_save=bool(config.checkpoint.async_save))
-  init_rng, dropout_rng = jax.random.split(
-      jax.random.PRNGKey(int(config.train.seed)))
-  state, restored = _restore_or_init(config, model, tx, mesh, rules, ckpt,
-                                     abstract_state, init_rng)
-  start_step = int(jax.device_get(state.step))
-  position = data_position(config, restored, start_step)
-  train_data = tasks.get_dataset(
-      config, config.task.train_split,
-      batch_size=host.per_host_batch_size, shard_id=host.index,
-      num_shards=host.num_shards, seed=position.seed,
-      shuffle=bool(config.task.shuffle),
-      skip_batches=position.batches_consumed)
+  with ckpt.closed_on_error():
+    init_rng, dropout_rng = jax.random.split(
+        jax.random.PRNGKey(int(config.train.seed)))
+    state, restored = _restore_or_init(config, model, tx, mesh, rules, ckpt,
+                                       abstract_state, init_rng)
+    start_step = int(jax.device_get(state.step))
+    position = data_position(config, restored, start_step,
+                             host.per_host_batch_size)
+    train_data = tasks.get_dataset(
+        config, config.task.train_split,
+        batch_size=host.per_host_batch_size, shard_id=host.index,
+        num_shards=host.num_shards, seed=position.seed,
+        shuffle=bool(config.task.shuffle),
+        skip_batches=position.batches_consumed)
 
-  train_step = trainer.make_train_step(
-      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
-      state_shardings, batch_sharding, schedule=schedule)
-  eval_step = trainer.make_eval_step(model, mesh, rules,
-                                     state_shardings.params, batch_sharding)
+    train_step = trainer.make_train_step(
+        model, tx, run_config.StepConfig.from_config(config), mesh, rules,
+        state_shardings, batch_sharding, schedule=schedule)
+    eval_step = trainer.make_eval_step(model, mesh, rules,
+                                       state_shardings.params, batch_sharding)
+    # Only now: the run starts, with this config.
+    write_config(config, workdir)
   return RunSetup(
       config=config, workdir=workdir, model=model, mesh=mesh,
       batch_sharding=batch_sharding, host=host, ckpt=ckpt, state=state,
       start_step=start_step, dropout_rng=dropout_rng, train_step=train_step,
       eval_step=eval_step, train_data=train_data,
-      eval_data=EvalData(config, eval_host), position=position)
+      eval_data=EvalData(config, eval_host), position=position,
+      resumed=restored is not None)

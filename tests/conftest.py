@@ -20,9 +20,11 @@ if ROOT not in sys.path:
 # `pytest -m "not slow"` (make test-fast) skips them for a quick inner loop;
 # `make test` (and CI) runs everything. A single slow test elsewhere takes
 # @pytest.mark.slow.
-SLOW_MODULES = ('test_train_e2e.py', 'test_multiprocess.py',
+SLOW_MODULES = ('test_train_e2e.py', 'test_multiprocess.py', 'test_cli.py',
                 'test_eval_infer.py', 'test_objectives_e2e.py',
-                'test_bench.py', 'test_imports.py', 'test_hf_parity.py')
+                'test_bench.py', 'test_imports.py', 'test_hf_parity.py',
+                'test_byo_data.py', 'test_hf_errors.py',
+                'test_reliability.py')
 
 
 def pytest_configure(config):

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from configs import local_tiny
+from t5x_lite.configs import local_tiny
 from t5x_lite import config as config_lib
 from t5x_lite import objectives
 from t5x_lite import optimizers

@@ -251,7 +251,7 @@ def test_restore_params_every_format(tmp_path):
   _assert_equal(got, want)
   assert isinstance(jax.tree.leaves(got)[0], np.ndarray)
   # Written by the interop helper itself.
-  from configs import default  # pylint: disable=g-import-not-at-top
+  from t5x_lite.configs import default  # pylint: disable=g-import-not-at-top
   from t5x_lite.interop import hf  # pylint: disable=g-import-not-at-top
   hf.save_params_checkpoint(str(tmp_path / 'hf'), want, default.get_config())
   _assert_equal(checkpoints.restore_params(str(tmp_path / 'hf')), want)
@@ -324,8 +324,8 @@ def test_other_model_is_a_clear_error_not_a_fallback(tmp_path):
 def test_train_state_moves_between_mesh_shapes(tmp_path):
   """A real TrainState (tiny T5, Adafactor) saved on fsdp=8 restores on
   data=2 x fsdp=4 with identical params and optimizer state."""
-  from configs import default
-  from configs import models as sizes
+  from t5x_lite.configs import default
+  from t5x_lite.configs import models as sizes
   from t5x_lite import models
   from t5x_lite import optimizers
   from t5x_lite import partitioning

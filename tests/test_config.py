@@ -8,7 +8,7 @@ import ml_collections
 from ml_collections import config_flags
 import pytest
 
-from configs import models
+from t5x_lite.configs import models
 from t5x_lite import config as config_lib
 from t5x_lite.config import ConfigError, ModelConfig
 

@@ -205,7 +205,7 @@ def test_max_decode_len_and_brevity_penalty():
 
 def _tiny(size, scan, **model_overrides):
   # pylint: disable=g-import-not-at-top
-  from configs import default, models as sizes
+  from t5x_lite.configs import default, models as sizes
   from t5x_lite import models
   c = default.get_config()
   sizes.apply_size(c, size)

@@ -10,8 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from configs import models as sizes
+from t5x_lite.configs import default
+from t5x_lite.configs import models as sizes
 from t5x_lite import objectives
 from t5x_lite.objectives import electra
 from t5x_lite import flops

@@ -24,7 +24,7 @@ EXAMPLES = 48  # validation examples seqio evaluates
 
 
 def _config():
-  from configs import finetune  # pylint: disable=g-import-not-at-top
+  from t5x_lite.configs import finetune  # pylint: disable=g-import-not-at-top
   c = finetune.get_config('tiny')
   for k, v in TINY.items():
     c.model[k] = v

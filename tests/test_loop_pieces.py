@@ -22,8 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import default
-from configs import models as sizes
+from t5x_lite.configs import default
+from t5x_lite.configs import models as sizes
 from t5x_lite import checkpoints
 from t5x_lite import distributed
 from t5x_lite import evaluation
@@ -241,7 +241,7 @@ def test_checkpointing_saves_state_data_position_and_config(tmp_path):
 
 
 def _tiny_run_config(**mesh):
-  from configs import local_tiny  # pylint: disable=g-import-not-at-top
+  from t5x_lite.configs import local_tiny  # pylint: disable=g-import-not-at-top
   c = local_tiny.get_config()
   c.model.emb_dim, c.model.num_heads, c.model.head_dim = 32, 2, 16
   c.model.mlp_dim = 64

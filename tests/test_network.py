@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import models
+from t5x_lite.configs import models
 from t5x_lite import network
 from t5x_lite.config import ModelConfig
 

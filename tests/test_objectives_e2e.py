@@ -35,7 +35,7 @@ BATCH, STEPS = 4, 6
 
 def _load(path_arg):
   path, _, arg = path_arg.partition(':')
-  module = importlib.import_module('configs.' + path)
+  module = importlib.import_module('t5x_lite.configs.' + path)
   return module.get_config(arg or None)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from configs import default
+from t5x_lite.configs import default
 from t5x_lite import partitioning
 from t5x_lite.config import ConfigError
 

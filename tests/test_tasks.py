@@ -313,3 +313,45 @@ def test_seqio_evaluator_scores_perfect_predictions_at_100():
   all_metrics, _ = evaluator.evaluate(compute_metrics=True,
                                       predict_fn=predict_fn)
   assert all_metrics.result()['sentiment']['accuracy'] == 100.0
+
+
+# ---- the walkthrough corpus and the checks before compiling ---------------------------
+
+
+def test_fortune_cookies_become_one_line_each(tmp_path):
+  (tmp_path / 'wisdom').write_text(
+      'A clash of doctrine is not a disaster.\n%\n'
+      'A dream will always\n\ttriumph over reality.\n\t\t-- Stanislaw Lem\n%\n'
+      'B\x08Bold and _\x08u_\x08n_\x08d_\x08e_\x08r words.\n%\n'
+      'A clash of doctrine is not a disaster.\n%\n')
+  (tmp_path / 'ascii-art').write_text('  /\\_/\\\n ( o.o )\n%\n')
+  (tmp_path / 'wisdom.dat').write_bytes(b'\x00\x01index')
+  rows = sources.read_fortunes(str(tmp_path))
+  lines = sorted(rows['train'] + rows['validation'])
+  assert lines == ['A clash of doctrine is not a disaster.',
+                   'A dream will always triumph over reality. -- Stanislaw Lem',
+                   'Bold and under words.']
+
+
+def test_check_data_names_the_task_split_and_the_build(tmp_path, monkeypatch):
+  monkeypatch.setenv(corpora.DATA_DIR_ENV, str(tmp_path))
+  with pytest.raises(tasks.DataError) as e:
+    tasks.check_data('shakespeare_span_corruption', ['train'])
+  assert str(e.value).startswith(
+      "task 'shakespeare_span_corruption', split 'train': Corpus "
+      f"'shakespeare' is not built in {tmp_path}: run `make data`")
+  with pytest.raises(tasks.DataError, match=(
+      r"task 'sentiment' has no split 'dev' \(its splits: train, "
+      r'validation, test\)')):
+    tasks.check_data('sentiment', ['dev'])
+
+
+@needs_data
+def test_vocabulary_larger_than_the_model_names_both_sizes():
+  tasks.check_vocabulary('multitask_mixture', 4224)
+  with pytest.raises(ConfigError) as e:
+    tasks.check_vocabulary('multitask_mixture', 4096)
+  assert str(e.value) == (
+      "task 'multitask_mixture' has a vocabulary of 4100 ids (extra ids "
+      'included) but model.vocab_size=4096: set --config.model.vocab_size='
+      '4224 (or give the task a smaller vocabulary).')

@@ -28,7 +28,7 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from configs import local_tiny
+from t5x_lite.configs import local_tiny
 from t5x_lite import checkpoints
 from t5x_lite import loop
 from t5x_lite import metrics as metrics_lib
@@ -232,13 +232,14 @@ def test_sigkill_and_restart_is_exact(reference, tmp_path, jax_cache):
   assert 10 < killed_at < STEPS
   result = loop.train_and_evaluate(_config(), w)  # the restart
   assert result['step'] == STEPS
+  # Steps 11..killed_at ran twice: the killed run's records moved to
+  # metrics.abandoned.jsonl, metrics.jsonl holds the restart's, once each.
   records = [r for r in metrics_lib.read_metrics(w) if 'loss' in r]
-  # Steps 11..killed_at ran twice: before the kill and after the restart.
-  redone = {}
-  for r in records:
-    redone.setdefault(r['step'], []).append(r['loss'])
-  for s in range(11, killed_at + 1):
-    assert len(redone[s]) == 2 and redone[s][0] == redone[s][1], (s, redone[s])
+  assert [r['step'] for r in records] == list(range(1, STEPS + 1))
+  abandoned = {r['step']: r['loss'] for r in metrics_lib.read_metrics(
+      os.path.join(w, metrics_lib.ABANDONED_FILE)) if 'loss' in r}
+  assert sorted(abandoned) == list(range(11, killed_at + 1))
+  assert abandoned == {s: _losses(w)[s] for s in abandoned}
   assert _losses(w) == reference['losses']  # every step, exactly
   _assert_same_params(_params(w), reference['params'])
 

@@ -13,8 +13,8 @@ from jax.sharding import PartitionSpec as P
 import numpy as np
 import pytest
 
-from configs import default
-from configs import models as sizes
+from t5x_lite.configs import default
+from t5x_lite.configs import models as sizes
 from t5x_lite import models
 from t5x_lite import objectives
 from t5x_lite import optimizers

@@ -2,13 +2,29 @@
 
     python -m t5x_lite.interop.hf import --hf_dir=/data/t5-v1_1-small \
         --out=/tmp/ckpt
-    python -m t5x_lite.interop.hf export --checkpoint=/tmp/ckpt \
-        --out=/tmp/hf_out
+    python -m t5x_lite.interop.hf export --checkpoint=runs/ft --out=/tmp/hf_out
 
-The HF side is a directory with config.json and model.safetensors (or a
-sharded model.safetensors.index.json, or pytorch_model.bin, which needs
-torch). T5.1.1 (gated-gelu, untied lm_head) and T5.1.0 (relu, logits tied to
-the embedding and scaled by d_model**-0.5) both convert exactly.
+import reads an HF directory with config.json (model_type 't5') and
+model.safetensors (or a sharded model.safetensors.index.json, or
+pytorch_model.bin, which needs torch). T5.1.1 (gated-gelu, untied lm_head)
+and T5.1.0 (relu, logits tied to the embedding and scaled by d_model**-0.5)
+both convert exactly. The directory is checked (config.json, model_type, a
+weights file, activations) before any weights are read (interop/hf_files.py).
+
+export reads what eval and infer read (interop/checkpoint_source.py): a step
+dir, a checkpoints dir or a workdir (the newest usable step), or a params-only
+dir; the model fields come from the checkpoint's saved config. By model.arch:
+
+  encoder_decoder  -> T5ForConditionalGeneration (everything is exported)
+  encoder_only     -> T5EncoderModel: the token embedding and the encoder
+                      stack (our Encoder is HF's T5Stack without a decoder).
+                      The heads (mlm_dense/, mlm_norm/, mlm_bias, rtd_dense/,
+                      rtd_out/, pooler/, classifier/) have no T5EncoderModel
+                      counterpart and are not exported; an objective's
+                      training-only params (a generator) neither: both are
+                      listed when the export runs.
+  decoder_only     -> refused: transformers has no T5 decoder-only class
+                      (T5's decoder always runs behind an encoder there).
 
 A params-only checkpoint CKPT/ is an `ocp.StandardCheckpointer` directory of
 the tree {'params': params} (fp32, scanned or unrolled layout) plus
@@ -18,13 +34,14 @@ and read it through checkpoints.save_params_only / read_params_only_config /
 restore_params (the one place that knows the layout);
 `config.checkpoint.restore_from` can point at it.
 
-Nothing here imports torch unless a pytorch_model.bin is read.
+Errors a user can cause are one line on stderr: exit 2 for a directory or
+checkpoint that cannot be converted as asked, 1 for a checkpoint that cannot
+be read. Nothing here imports torch unless a pytorch_model.bin is read.
 """
 import json
 import os
 from typing import Any, Dict, Mapping, Optional, Tuple
 
-from absl import app
 from absl import flags
 import jax
 import ml_collections
@@ -33,8 +50,19 @@ import numpy as np
 from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
 from t5x_lite import network
+from t5x_lite.interop import checkpoint_source
+# Reading an HF directory lives in hf_files; these names are hf's API too.
+from t5x_lite.interop.hf_files import InteropError
+from t5x_lite.interop.hf_files import MODEL_TYPES
+from t5x_lite.interop.hf_files import load_hf_state_dict
+from t5x_lite.interop.hf_files import read_hf_config
+from t5x_lite.interop.hf_files import weights_path
 
 Params = Dict[str, Any]
+
+# model.arch -> the transformers class an export loads into.
+HF_CLASSES = {'encoder_decoder': 'T5ForConditionalGeneration',
+              'encoder_only': 'T5EncoderModel'}
 
 # ---- configs -----------------------------------------------------------------
 
@@ -53,7 +81,7 @@ def _hf_activations(feed_forward_proj: str) -> Tuple[str, ...]:
   if feed_forward_proj == 'gated-gelu':  # HF: gated-gelu means gelu_new
     act = 'gelu_new'
   if act not in _HF_TO_OURS_ACT:
-    raise ValueError(
+    raise InteropError(
         f'HF feed_forward_proj={feed_forward_proj!r} has activation {act!r}, '
         f'which t5x_lite lacks (it has {sorted(_HF_TO_OURS_ACT)}; HF "gelu" '
         'is the exact erf GELU, ours the tanh approximation).')
@@ -68,8 +96,8 @@ def _feed_forward_proj(activations) -> str:
     return 'gated-gelu' if act == 'gelu_new' else f'gated-{act}'
   if len(acts) == 1 and acts[0] in _OURS_TO_HF_ACT:
     return _OURS_TO_HF_ACT[acts[0]]
-  raise ValueError(f'mlp_activations={acts} has no HF T5 equivalent; HF '
-                   'supports (act,) or (act, "linear").')
+  raise InteropError(f'mlp_activations={acts} has no HF T5 equivalent; HF '
+                     'supports (act,) or (act, "linear").')
 
 
 def _scales_logits(hf_cfg: Mapping[str, Any]) -> bool:
@@ -83,9 +111,9 @@ def _scales_logits(hf_cfg: Mapping[str, Any]) -> bool:
 
 def model_fields_from_hf(hf_cfg: Mapping[str, Any]) -> Dict[str, Any]:
   """config.model fields from an HF T5 config.json dict."""
-  if hf_cfg.get('model_type', 't5') != 't5':
-    raise ValueError(f'Expected an HF T5 config, got model_type='
-                     f'{hf_cfg.get("model_type")!r}.')
+  if hf_cfg.get('model_type', 't5') not in MODEL_TYPES:
+    raise InteropError(f'Expected an HF T5 config, got model_type='
+                       f'{hf_cfg.get("model_type")!r}.')
   num_layers = hf_cfg.get('num_layers', 6)
   dec_layers = hf_cfg.get('num_decoder_layers') or num_layers
   return dict(
@@ -108,14 +136,31 @@ def model_fields_from_hf(hf_cfg: Mapping[str, Any]) -> Dict[str, Any]:
   )
 
 
+def check_exportable(m: Mapping[str, Any]) -> str:
+  """The HF class model fields `m` export to; InteropError when none fits."""
+  arch = m['arch']
+  if arch not in HF_CLASSES:
+    raise InteropError(
+        f'model.arch={arch!r} has no Hugging Face class: transformers runs '
+        "T5's decoder only behind an encoder, so a decoder-only T5 matches "
+        'none; export takes encoder_decoder (T5ForConditionalGeneration) or '
+        'encoder_only (T5EncoderModel) checkpoints.')
+  if arch == 'encoder_decoder' and m.get('num_block_positions', 0) > 0:
+    raise InteropError(
+        f'model.num_block_positions={m["num_block_positions"]} (a learned '
+        'second position table in the decoder) has no HF T5 counterpart; '
+        'export needs num_block_positions=0.')
+  _feed_forward_proj(m['mlp_activations'])  # raises for unmappable ones
+  return HF_CLASSES[arch]
+
+
 def hf_config_from_fields(m: Mapping[str, Any]) -> Dict[str, Any]:
-  """An HF T5 config.json dict for model fields `m` (encoder_decoder only)."""
-  if m['arch'] != 'encoder_decoder':
-    raise ValueError(f'HF export supports arch encoder_decoder (T5), got '
-                     f'{m["arch"]!r}.')
+  """An HF T5 config.json dict for model fields `m` (check_exportable's
+  archs: T5ForConditionalGeneration or T5EncoderModel)."""
+  hf_class = check_exportable(m)
   tied = bool(m['logits_via_embedding'])
-  return {
-      'architectures': ['T5ForConditionalGeneration'],
+  cfg = {
+      'architectures': [hf_class],
       'model_type': 't5',
       'vocab_size': int(m['vocab_size']),
       'd_model': int(m['emb_dim']),
@@ -143,42 +188,18 @@ def hf_config_from_fields(m: Mapping[str, Any]) -> Dict[str, Any]:
       'scale_decoder_outputs': tied,
       'torch_dtype': 'float32',
   }
+  if hf_class == 'T5EncoderModel':
+    # No decoder: no logits to scale; the stack's embed_tokens is `shared`
+    # (tied in every transformers version). The decoder fields keep HF's
+    # defaults (as many layers as the encoder) for tools that read them.
+    cfg.update(is_encoder_decoder=False, use_cache=False,
+               tie_word_embeddings=True,
+               num_decoder_layers=int(m['num_encoder_layers']))
+    del cfg['scale_decoder_outputs'], cfg['decoder_start_token_id']
+  return cfg
 
 
 # ---- state dicts -------------------------------------------------------------
-
-
-def _read_safetensors(path: str) -> Dict[str, np.ndarray]:
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  out = {}
-  # framework='flax' reads bfloat16 too (plain numpy has no bfloat16).
-  with safe_open(path, framework='flax') as f:
-    for k in f.keys():
-      out[k] = np.asarray(f.get_tensor(k), dtype=np.float32)
-  return out
-
-
-def load_hf_state_dict(hf_dir: str) -> Dict[str, np.ndarray]:
-  """{HF param name: float32 numpy array} from an HF model directory."""
-  single = os.path.join(hf_dir, 'model.safetensors')
-  index = os.path.join(hf_dir, 'model.safetensors.index.json')
-  binary = os.path.join(hf_dir, 'pytorch_model.bin')
-  if os.path.exists(single):
-    return _read_safetensors(single)
-  if os.path.exists(index):
-    with open(index) as f:
-      files = sorted(set(json.load(f)['weight_map'].values()))
-    out = {}
-    for name in files:
-      out.update(_read_safetensors(os.path.join(hf_dir, name)))
-    return out
-  if os.path.exists(binary):
-    import torch  # pylint: disable=g-import-not-at-top
-    sd = torch.load(binary, map_location='cpu', weights_only=True)
-    return {k: v.float().numpy() for k, v in sd.items()}
-  raise FileNotFoundError(
-      f'{hf_dir} has no model.safetensors, model.safetensors.index.json or '
-      'pytorch_model.bin; point --hf_dir at a save_pretrained directory.')
 
 
 def _attn_names(kind):
@@ -219,17 +240,20 @@ def _layer_map(m, stack: str, i: int) -> Dict[Tuple[str, ...], str]:
 
 
 def _param_map(m) -> Dict[Tuple[str, ...], str]:
-  """Our unrolled param path -> HF name (kernels are HF weights transposed)."""
+  """Our unrolled param path -> HF name (kernels are HF weights transposed).
+  encoder_only: the embedding and the encoder (T5EncoderModel's names)."""
   out = {('token_embedder', 'embedding'): 'shared.weight'}
-  for stack, n in (('encoder', m['num_encoder_layers']),
-                   ('decoder', m['num_decoder_layers'])):
+  stacks = [('encoder', m['num_encoder_layers'])]
+  if m['arch'] == 'encoder_decoder':
+    stacks.append(('decoder', m['num_decoder_layers']))
+  for stack, n in stacks:
     out[(stack, 'relpos_bias', 'rel_embedding')] = (
         f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight')
     for i in range(n):
       out.update(_layer_map(m, stack, i))
     norm = 'encoder_norm' if stack == 'encoder' else 'decoder_norm'
     out[(stack, norm, 'scale')] = f'{stack}.final_layer_norm.weight'
-  if not m['logits_via_embedding']:
+  if m['arch'] == 'encoder_decoder' and not m['logits_via_embedding']:
     out[('decoder', 'logits_dense', 'kernel')] = 'lm_head.weight'
   return out
 
@@ -257,7 +281,8 @@ def params_from_hf(state: Mapping[str, np.ndarray], hf_cfg: Mapping[str, Any],
   """(model fields, params) from an HF state dict and config.json dict."""
   m = model_fields_from_hf(hf_cfg)
   state = dict(state)
-  if 'shared.weight' not in state:  # some exports keep only the stack copies
+  if 'shared.weight' not in state and 'encoder.embed_tokens.weight' in state:
+    # Some exports keep only the stacks' copies of the embedding.
     state['shared.weight'] = state['encoder.embed_tokens.weight']
   lm_head = state.get('lm_head.weight')
   tied_head = lm_head is None or np.array_equal(lm_head, state['shared.weight'])
@@ -271,8 +296,10 @@ def params_from_hf(state: Mapping[str, np.ndarray], hf_cfg: Mapping[str, Any],
   params: Params = {}
   for path, name in _param_map(m).items():
     if name not in state:
-      raise KeyError(f'HF checkpoint lacks {name!r} (needed for '
-                     f'{"/".join(path)}); is it a T5ForConditionalGeneration?')
+      raise InteropError(
+          f'The HF weights lack {name!r} (needed for {"/".join(path)}); '
+          'import reads T5ForConditionalGeneration weights (encoder, decoder '
+          'and shared embedding).')
     w = np.asarray(state[name], np.float32)
     _set(params, path, np.ascontiguousarray(w.T if _transposed(path) else w))
   if scan_layers:
@@ -301,16 +328,22 @@ def _plain(tree):
 
 def import_hf(hf_dir: str, scan_layers: bool = True
               ) -> Tuple[Dict[str, Any], Params]:
-  """(model fields, params) from an HF T5 directory."""
-  with open(os.path.join(hf_dir, 'config.json')) as f:
-    hf_cfg = json.load(f)
+  """(model fields, params) from an HF T5 directory.
+
+  config.json, its model_type and activations, and the weights file are
+  checked before any weights are read (InteropError, one line).
+  """
+  hf_cfg = read_hf_config(hf_dir)
+  model_fields_from_hf(hf_cfg)  # an unsupported activation fails here
+  weights_path(hf_dir)
   return params_from_hf(load_hf_state_dict(hf_dir), hf_cfg, scan_layers)
 
 
 def export_hf(params: Params, model_fields: Mapping[str, Any],
-              out_dir: str) -> None:
-  """Writes out_dir/{config.json, model.safetensors} that
-  transformers.T5ForConditionalGeneration.from_pretrained loads."""
+              out_dir: str) -> str:
+  """Writes out_dir/{config.json, model.safetensors} that the HF class of
+  check_exportable (T5ForConditionalGeneration or T5EncoderModel)
+  from_pretrained loads; returns that class's name."""
   from safetensors.numpy import save_file  # pylint: disable=g-import-not-at-top
   m = dict(model_fields)
   hf_cfg = hf_config_from_fields(m)
@@ -320,6 +353,60 @@ def export_hf(params: Params, model_fields: Mapping[str, Any],
             metadata={'format': 'pt'})
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_cfg, f, indent=2, sort_keys=True)
+  return hf_cfg['architectures'][0]
+
+
+def unexported(params: Params, m: Mapping[str, Any]) -> Dict[str, int]:
+  """{name: param count} of our params the HF class has no place for (an
+  encoder-only model's heads), by top-level name ('mlm_dense/')."""
+  mapped = set(_param_map(m))
+  out: Dict[str, int] = {}
+  flat = jax.tree_util.tree_flatten_with_path(
+      network.unstack_layers(_plain(params)))[0]
+  for key_path, leaf in flat:
+    path = tuple(k.key for k in key_path)
+    if path not in mapped:
+      name = path[0] + ('/' if len(path) > 1 else '')
+      out[name] = out.get(name, 0) + int(np.size(leaf))
+  return out
+
+
+def _out_dir_is_free(out_dir: str) -> None:
+  path = os.path.abspath(os.path.expanduser(out_dir))
+  if os.path.isfile(path) or (os.path.isdir(path) and os.listdir(path)):
+    raise InteropError(f'--out {path} exists and is not empty; pick a new '
+                       'directory (nothing was written).')
+
+
+def export_checkpoint(checkpoint: str, out_dir: str) -> str:
+  """Exports the checkpoint at `checkpoint` (step dir, checkpoints dir,
+  workdir or params-only dir) to the HF directory `out_dir` (new or empty).
+
+  Returns a summary: what was exported, as which class, and what was not.
+  Raises InteropError / checkpoint_source.SourceError (usage: an arch with
+  no HF class, an occupied --out, no saved config) or
+  checkpoints.CheckpointError (nothing readable at `checkpoint`).
+  """
+  _out_dir_is_free(out_dir)
+  # The arch is checked before any params are read.
+  source = checkpoint_source.read(checkpoint, check_fields=check_exportable)
+  hf_class = check_exportable(source.fields)
+  export_hf(source.params, source.fields, out_dir)
+  kept = checkpoint_source.num_params(source.params)
+  extra = unexported(source.params, source.fields)
+  what = (f'step {source.step} of ' if source.kind == 'state' else '')
+  lines = [f'Exported {what}{source.where} ({source.fields["arch"]}) to '
+           f'{out_dir} as HF {hf_class}: '
+           f'{kept - sum(extra.values()):,} params.']
+  if extra:
+    lines.append(f'Not exported ({hf_class} has no place for them): '
+                 + ', '.join(f'{k} ({n:,})' for k, n in sorted(extra.items()))
+                 + '.')
+  if source.dropped:
+    lines.append('Not exported (trained by the objective but not part of '
+                 'the model it keeps): '
+                 + ', '.join(f'{k} ({n:,})' for k, n in source.dropped) + '.')
+  return '\n'.join(lines)
 
 
 # ---- params-only Orbax checkpoints -------------------------------------------
@@ -369,39 +456,63 @@ def load_params_checkpoint(ckpt_dir: str
 
 # ---- CLI ---------------------------------------------------------------------
 
+USAGE = ('usage: python -m t5x_lite.interop.hf import --hf_dir=D --out=CKPT | '
+         'export --checkpoint=CKPT --out=D')
+
+
+def _fail(message, status: int):
+  """One line on stderr (2: usage, 1: an unreadable checkpoint); the
+  entrypoints' own helper, imported here so the library needs no CLI."""
+  from t5x_lite import cli  # pylint: disable=g-import-not-at-top
+  cli.fail(message, status)
+
+
+def _import(hf_dir: str, out: str, scan_layers: bool) -> str:
+  if os.path.exists(out):
+    raise InteropError(f'--out {os.path.abspath(out)} exists; pick a new '
+                       'checkpoint directory (nothing was written).')
+  fields, params = import_hf(hf_dir, scan_layers=scan_layers)
+  fields = dict(fields, scan_layers=scan_layers,
+                size=os.path.basename(os.path.normpath(hf_dir)))
+  config = config_with_model(fields)
+  config_lib.validate(config, num_devices=1)
+  save_params_checkpoint(out, params, config)
+  n = sum(x.size for x in jax.tree_util.tree_leaves(params))
+  return f'Imported {n:,} params from {hf_dir} into {out}'
+
 
 def _main(argv):
   f = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ('import', 'export'):
-    raise app.UsageError('usage: python -m t5x_lite.interop.hf import '
-                         '--hf_dir=D --out=CKPT | export --checkpoint=CKPT '
-                         '--out=D')
+    _fail(f'{USAGE} (got {argv[1:]}).', 2)
   if not f.out:
-    raise app.UsageError('--out is required.')
-  if argv[1] == 'import':
-    if not f.hf_dir:
-      raise app.UsageError('import needs --hf_dir=<HF model directory>.')
-    fields, params = import_hf(f.hf_dir, scan_layers=f.scan_layers)
-    fields = dict(fields, scan_layers=f.scan_layers,
-                  size=os.path.basename(os.path.normpath(f.hf_dir)))
-    config = config_with_model(fields)
-    config_lib.validate(config, num_devices=1)
-    save_params_checkpoint(f.out, params, config)
-    n = sum(x.size for x in jax.tree_util.tree_leaves(params))
-    print(f'Imported {n:,} params from {f.hf_dir} into {f.out}')
-  else:
-    if not f.checkpoint:
-      raise app.UsageError('export needs --checkpoint=<params checkpoint>.')
-    config, params = load_params_checkpoint(f.checkpoint)
-    export_hf(params, config.model.to_dict(), f.out)
-    print(f'Exported {f.checkpoint} to {f.out} (HF T5ForConditionalGeneration)')
+    _fail(f'--out is required; {USAGE}.', 2)
+  if argv[1] == 'import' and not f.hf_dir:
+    _fail('import needs --hf_dir=<HF model directory>.', 2)
+  if argv[1] == 'export' and not f.checkpoint:
+    _fail('export needs --checkpoint=<step dir, checkpoints dir, workdir or '
+          'params-only dir>.', 2)
+  try:
+    if argv[1] == 'import':
+      print(_import(f.hf_dir, f.out, f.scan_layers), flush=True)
+    else:
+      print(export_checkpoint(f.checkpoint, f.out), flush=True)
+  except (InteropError, checkpoint_source.SourceError,
+          config_lib.ConfigError) as e:
+    _fail(e, 2)
+  except checkpoints.CheckpointError as e:
+    _fail(e, 1)
+  except OSError as e:  # an unreadable weights file, a full disk
+    _fail(f'{type(e).__name__}: {e}', 1)
 
 
 if __name__ == '__main__':
   flags.DEFINE_string('hf_dir', '', 'import: HF model directory.')
-  flags.DEFINE_string('checkpoint', '', 'export: params-only checkpoint dir.')
+  flags.DEFINE_string('checkpoint', '', 'export: a step dir, checkpoints '
+                      'dir, workdir or params-only dir.')
   flags.DEFINE_string('out', '', 'import: checkpoint dir to create; export: '
                       'HF directory to write.')
   flags.DEFINE_bool('scan_layers', True, 'import: stack layers for nn.scan '
                     '(config.model.scan_layers) or keep layers_<i>.')
-  app.run(_main)
+  from t5x_lite import cli  # pylint: disable=g-import-not-at-top
+  cli.run(_main)  # absl's app.run with one-line flag errors, quiet libraries

@@ -14,6 +14,8 @@ imports neither TensorFlow nor seqio.
       translate_en_de/{train,validation,test}.tsv  English <TAB> German
       vocab/spm_unigram_4000.model       SentencePiece (pad 0, eos 1, unk 2)
       manifest.json                      sources, licences, example/token counts
+      fortunes/{train,validation}.txt    on request only (--corpus=fortunes):
+                                         one fortune cookie per line
 """
 import json
 import os
@@ -35,6 +37,12 @@ CORPORA = {
     'translate_en_de': ('tsv', ('train', 'validation', 'test')),
 }
 OPTIONAL_CORPORA = ('translate_en_de',)
+# Built only on request (`python -m data.build --corpus=NAME`), never by
+# `make data`: plain text for the README's "Your own data" walkthrough, which
+# registers its own task on it (examples/my_tasks.py); each has a SOURCE.json
+# (source, licence, counts) instead of a manifest entry.
+ON_REQUEST = {'fortunes': ('txt', ('train', 'validation'))}
+SOURCE_FILE = 'SOURCE.json'
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -47,7 +55,7 @@ def data_dir() -> str:
 
 
 def split_path(corpus: str, split: str, root: str = None) -> str:
-  suffix, _ = CORPORA[corpus]
+  suffix, _ = CORPORA.get(corpus) or ON_REQUEST[corpus]
   return os.path.join(root or data_dir(), corpus, f'{split}.{suffix}')
 
 

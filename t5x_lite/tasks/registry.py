@@ -17,6 +17,7 @@ from t5x_lite.model_config import ConfigError
 from t5x_lite.tasks import corpora
 from t5x_lite.tasks import feature_converters
 from t5x_lite.tasks import preprocessors as prep
+from t5x_lite.tasks import sources
 from t5x_lite.tasks import vocabularies
 
 DEFAULT_SHUFFLE_BUFFER = 10_000
@@ -53,25 +54,35 @@ def register_text_to_text(name, source, prefix, *, metric_fns=(),
                           postprocess_fn=None, output_features=None,
                           input_key='inputs', target_key='targets',
                           field_names=None, preprocessors=(),
+                          vocabulary=None, input_format=None,
                           shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER
                          ) -> seqio.Task:
   """Registers `inputs = prefix + x[input_key]` -> `targets = x[target_key]`.
 
   Args:
     name: the task name.
-    source: a seqio DataSource yielding dicts of strings, or text lines
+    source: a seqio DataSource yielding dicts of strings or text lines
       `input<TAB>target` (e.g. seqio.TextLineDataSource), parsed into
-      `field_names` (default: (input_key, target_key)).
+      `field_names` (default: (input_key, target_key)); or files
+      (tasks/sources.py): a glob, a list of globs (the train split) or a
+      dict split -> glob(s), TSV or JSONL (the input_key and target_key
+      fields of each object) by extension or `input_format`.
     prefix: prepended to the input text, T5 style ("sentiment: ").
     metric_fns: seqio metric fns `(targets, predictions) -> dict`, e.g.
       t5x_lite.tasks.metrics.accuracy.
     postprocess_fn: applied to decoded predictions and targets before metrics.
-    output_features: default: inputs/targets with the corpus vocabulary.
+    output_features: default: inputs/targets with `vocabulary`.
     input_key, target_key, field_names: where the texts are.
     preprocessors: run first, on the raw examples (e.g. a custom parser).
+    vocabulary: None (the shipped corpus vocabulary), a SentencePiece model
+      path (python -m t5x_lite.tasks.vocab) or a seqio.Vocabulary.
+    input_format: 'lines' | 'tsv' | 'jsonl' for a files source whose
+      extension does not say.
     shuffle_buffer_size: seqio's per-task shuffle buffer.
   """
   fields = tuple(field_names or (input_key, target_key))
+  source, _ = sources.as_source(source, input_format,
+                                keys=(input_key, target_key))
   objective = objectives.get(objectives.SUPERVISED)
   steps = list(preprocessors) + [
       functools.partial(_parse_lines, field_names=fields),
@@ -83,30 +94,54 @@ def register_text_to_text(name, source, prefix, *, metric_fns=(),
   return register_task(
       name, source, steps,
       output_features or vocabularies.output_features(
-          vocabularies.default_vocabulary()),
+          vocabularies.vocabulary(vocabulary)),
       objective=objective.name, metric_fns=metric_fns,
       postprocess_fn=postprocess_fn, shuffle_buffer_size=shuffle_buffer_size)
 
 
 def register_pretraining(name, source, objective, *, vocabulary=None,
+                         text_key='text', input_format=None, field_names=None,
                          metric_fns=(),
                          shuffle_buffer_size=DEFAULT_SHUFFLE_BUFFER
                          ) -> seqio.Task:
-  """Registers `objective` (a registered name) over a source of text lines.
+  """Registers `objective` (a registered objective's name) over any text.
 
-  The steps: each line becomes the text ('targets'), tokenized with
-  `vocabulary` (a seqio.Vocabulary; default: the shipped corpus vocabulary),
-  then the objective's own preprocessors (objectives/<name>.py), and its
-  output features (inputs and/or targets, EOS as the objective adds it).
+  Args:
+    name: the task name.
+    source: a seqio DataSource of text lines (or of dicts with `text_key`),
+      or files (tasks/sources.py): a glob, a list of globs (the train split)
+      or a dict split -> glob(s); text lines (one document each), TSV or
+      JSONL by extension or `input_format`.
+    objective: 'span_corruption', 'mlm', ... (t5x_lite.objectives.names()).
+    vocabulary: None (the shipped corpus vocabulary), a SentencePiece model
+      path (python -m t5x_lite.tasks.vocab) or a seqio.Vocabulary.
+    text_key: the JSONL field (or TSV column of `field_names`) of the text.
+    input_format: 'lines' | 'tsv' | 'jsonl', when the extension does not say.
+    field_names: TSV column names (default: the text is the first column).
+    metric_fns, shuffle_buffer_size: as seqio.Task's.
+
+  The steps: the text becomes 'targets' (empty ones dropped), is tokenized,
+  then the objective's own preprocessors (objectives/<name>.py) run, with
+  its output features (inputs and/or targets, EOS as the objective adds it).
   """
   obj = objectives.get(objective)
   if obj.preprocessors is None:
     raise ValueError(f'Objective {obj.name!r} has no preprocessors: register '
                      'its task with register_task and your own steps.')
-  vocab = vocabulary or vocabularies.default_vocabulary()
+  source, fmt = sources.as_source(source, input_format, keys=(text_key,))
+  if fmt == 'tsv':
+    field_names = tuple(field_names or (text_key,))
+    if text_key not in field_names:
+      raise ValueError(f'text_key={text_key!r} is not one of the TSV '
+                       f'field_names {field_names}.')
+  elif fmt == 'lines':
+    field_names = None
+  vocab = vocabularies.vocabulary(vocabulary)
   return register_task(
       name, source,
-      [prep.line_to_targets, seqio.preprocessors.tokenize,
+      [functools.partial(sources.text_as_targets, text_key=text_key,
+                         field_names=field_names),
+       seqio.preprocessors.tokenize,
        seqio.CacheDatasetPlaceholder()] + list(obj.preprocessors(prep)),
       vocabularies.output_features(vocab, add_eos=obj.add_eos,
                                    keys=obj.task_features),

@@ -1,4 +1,9 @@
-"""Vocabularies: the default corpus SentencePiece, T5's, and special ids.
+"""Vocabularies: the default corpus SentencePiece, T5's, a user's, special ids.
+
+`vocabulary(spec)` is what `register_pretraining(vocabulary=...)` and
+`register_text_to_text` take: None (the shipped corpus vocabulary), a path to
+a SentencePiece model (python -m t5x_lite.tasks.vocab builds one; T5's 100
+sentinels are added on top) or a seqio.Vocabulary.
 
 Special ids for the objectives live at the top of the vocabulary, where T5
 keeps its sentinels (`<extra_id_0>` = vocab_size - 1, counting down):
@@ -25,15 +30,55 @@ T5_EXTRA_IDS = 100
 NUM_SPECIAL_IDS = 3  # mask, cls, glm start
 
 
-class CorpusVocabulary(seqio.SentencePieceVocabulary):
-  """A SentencePieceVocabulary whose missing file names the build command."""
+class FileVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePieceVocabulary whose missing file names the command that
+  builds it (loaded lazily: constructing one needs no file)."""
+
+  def missing_message(self) -> str:
+    return (f'The vocabulary {self.sentencepiece_model_file} does not exist: '
+            'build it with `python -m t5x_lite.tasks.vocab --input=... '
+            f'--vocab_size=N --out={self.sentencepiece_model_file}`.')
 
   def _model_context(self):
     if self._model is None and not tf.io.gfile.exists(
         self.sentencepiece_model_file):
-      raise FileNotFoundError(corpora.missing_message(
-          f'The vocabulary {self.sentencepiece_model_file}'))
+      raise FileNotFoundError(self.missing_message())
     return super()._model_context()
+
+
+class CorpusVocabulary(FileVocabulary):
+  """The shipped vocabulary: its missing file says `make data`."""
+
+  def missing_message(self) -> str:
+    return corpora.missing_message(
+        f'The vocabulary {self.sentencepiece_model_file}')
+
+
+_BY_PATH = {}
+
+
+def from_path(path: str, extra_ids: int = T5_EXTRA_IDS) -> FileVocabulary:
+  """The SentencePiece model at `path` + `extra_ids` sentinels; one object
+  per (absolute path, extra_ids), so tasks on one file share a vocabulary."""
+  if '://' not in path:
+    path = os.path.abspath(os.path.expanduser(path))
+  key = (path, extra_ids)
+  if key not in _BY_PATH:
+    _BY_PATH[key] = FileVocabulary(path, extra_ids=extra_ids)
+  return _BY_PATH[key]
+
+
+def vocabulary(spec=None) -> seqio.Vocabulary:
+  """None: the shipped corpus vocabulary; a str: `from_path(spec)`; a
+  seqio.Vocabulary: itself."""
+  if spec is None:
+    return default_vocabulary()
+  if isinstance(spec, (str, os.PathLike)):
+    return from_path(os.fspath(spec))
+  if isinstance(spec, seqio.Vocabulary):
+    return spec
+  raise TypeError(f'vocabulary={spec!r}: give a SentencePiece model path, a '
+                  'seqio.Vocabulary or None (the shipped vocabulary).')
 
 
 _DEFAULT = None
