@@ -23,11 +23,12 @@ data: $(STAMP)
 	$(PY) -m data.build
 
 # The embedded default: tiny T5 span-corruption pretraining on CPU, then eval
-# and a few decoded samples. Resumes if $(WORKDIR) already holds checkpoints.
+# and a few decoded samples. Resumes if $(WORKDIR) already holds checkpoints;
+# eval and infer read the config saved with the checkpoint.
 run: data
 	$(PY) -m t5x_lite.train --config=configs/local_tiny.py --workdir=$(WORKDIR)
-	$(PY) -m t5x_lite.eval --config=configs/local_tiny.py --workdir=$(WORKDIR)
-	$(PY) -m t5x_lite.infer --config=configs/local_tiny.py --checkpoint=$(WORKDIR)/checkpoints \
+	$(PY) -m t5x_lite.eval --workdir=$(WORKDIR)
+	$(PY) -m t5x_lite.infer --checkpoint=$(WORKDIR)/checkpoints \
 	    --task_split=validation --num_examples=4
 
 clean-run:
