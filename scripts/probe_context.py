@@ -34,8 +34,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from t5x_lite import checkpoints
+from t5x_lite import checkpoint_inspection
 from t5x_lite import objectives
+from t5x_lite import params_checkpoints
 
 _WORKDIR = flags.DEFINE_string('workdir', None, 'An encoder_only run (BERT or '
                                'ELECTRA) with config.json and checkpoints/.')
@@ -150,14 +151,15 @@ def main(argv):
   from t5x_lite.tasks import dataset  # pylint: disable=g-import-not-at-top
   with open(os.path.join(_WORKDIR.value, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
-  steps = checkpoints.step_dirs(checkpoints.checkpoint_dir(_WORKDIR.value))
+  steps = checkpoint_inspection.step_dirs(
+      checkpoint_inspection.checkpoint_dir(_WORKDIR.value))
   if not steps:
     raise SystemExit(f'No checkpoints under {_WORKDIR.value}; train first.')
   step = max(steps) if _STEP.value < 0 else _STEP.value
   if step not in steps:
     raise SystemExit(f'No checkpoint for step {step} under {_WORKDIR.value}; '
                      f'steps there: {sorted(steps)}.')
-  params = checkpoints.restore_params(steps[step])
+  params = params_checkpoints.restore_params(steps[step])
   it = iter(dataset.get_dataset(config, 'validation', batch_size=32))
   batches = [next(it) for _ in range(_BATCHES.value)]
   train = iter(dataset.get_dataset(config, 'train', batch_size=32))

@@ -8,7 +8,8 @@ drive one by one:
                        workdir/checkpoints, data position included, or fresh,
                        optionally from the params of checkpoint.restore_from),
                        the data iterators and the jitted steps;
-  StepLogger           one finished step's metrics: the non-finite check, the
+  step_logging.StepLogger
+                       one finished step's metrics: the non-finite check, the
                        log window's means, the progress line, metrics.jsonl +
                        TensorBoard every train.log_every_steps;
   PeriodicEval         the teacher-forced loss on task.eval_split
@@ -29,11 +30,6 @@ workdir stops in one line before it builds anything), and, on resume, the
 metrics.jsonl records of steps the restored checkpoint never saw move to
 metrics.abandoned.jsonl (metrics.drop_records_after), so the file is the run
 that survived.
-
-tokens/s counts every input and target position of the global batch (padding
-included); MFU divides the analytic model FLOPs (t5x_lite/flops.py) by the
-accelerators' dense bf16 peak (metrics.PEAK_FLOPS; null on CPUs unless
-train.peak_flops_per_device is set).
 
 A non-finite loss or gradient norm stops the run with an error naming the step
 (nothing is checkpointed after the last good step), unless
@@ -61,31 +57,22 @@ import numpy as np
 from t5x_lite import checkpoints
 from t5x_lite import distributed
 from t5x_lite import evaluation
-from t5x_lite import lengths
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import models
 from t5x_lite import partitioning
 from t5x_lite import preemption as preemption_lib
+from t5x_lite import step_logging
 from t5x_lite import train_setup
 from t5x_lite import workdir_lock
 from t5x_lite.config import ConfigError
 
 PreemptionWatcher = preemption_lib.PreemptionWatcher
+# train_and_evaluate raises it; callers catch it here.
+NonFiniteError = step_logging.NonFiniteError
 
 # A hook runs after every step is dispatched: hook(step) (tests use it to
 # send signals at a known step; a profiler could start and stop there).
 Hook = Callable[[int], None]
-
-
-class NonFiniteError(FloatingPointError):
-  """A train step produced a non-finite loss or gradient norm (or an eval
-  a non-finite loss). `ruined_from`: the step whose params are to blame
-  (the last update applied), when the error says the params are; the loop
-  then sets aside the checkpoints holding them."""
-
-  def __init__(self, message: str, ruined_from: Optional[int] = None):
-    super().__init__(message)
-    self.ruined_from = ruined_from
 
 
 # ---- train batches -----------------------------------------------------------------
@@ -130,197 +117,6 @@ def _next_batch(train_data: Iterator[Dict[str, np.ndarray]], step: int,
     logging.warning('train.inject_nan_at_step: NaN loss weights in the '
                     'batch of step %d (testing).', step)
   return batch
-
-
-# ---- the step logger --------------------------------------------------------------
-
-
-# Train-step metrics that are not per-step means of the model's metrics.
-_STEP_KEYS = frozenset(('num_tokens', 'learning_rate', 'is_finite', 'skipped'))
-
-
-class _Window:
-  """Means of the per-step train metrics since the last log line."""
-  MEAN_KEYS = ('loss', 'z_loss', 'accuracy', 'grad_norm')
-
-  def __init__(self):
-    self.reset()
-
-  def reset(self):
-    self.sums = {k: 0.0 for k in self.MEAN_KEYS}
-    self.count = 0
-    self.finite_count = 0
-
-  def add(self, m: Dict[str, float]):
-    self.count += 1
-    if m.get('is_finite', 1.0) > 0:  # skipped steps would poison the mean
-      self.finite_count += 1
-      # MEAN_KEYS, plus an objective's own metrics (ELECTRA's disc_accuracy...)
-      for k in set(self.MEAN_KEYS) | (set(m) - _STEP_KEYS):
-        self.sums[k] = self.sums.get(k, 0.0) + float(m[k])
-
-  def means(self) -> Dict[str, float]:
-    n = max(self.finite_count, 1)
-    if not self.finite_count:
-      return {k: float('nan') for k in self.MEAN_KEYS}
-    return {k: v / n for k, v in self.sums.items()}
-
-
-def _progress_line(step, num_steps, values, rates, skipped) -> str:
-  def fmt(v, spec):
-    return '-' if v is None or not np.isfinite(v) else format(v, spec)
-  parts = [f'step {step}/{num_steps}',
-           f'loss {fmt(values.get("loss"), ".4f")}',
-           f'acc {fmt(values.get("accuracy"), ".3f")}',
-           f'lr {fmt(values.get("learning_rate"), ".2e")}',
-           f'{fmt(rates.get("steps_per_s"), ".2f")} steps/s',
-           f'{fmt(rates.get("tokens_per_s"), ",.0f")} tokens/s',
-           f'mfu {fmt(rates.get("mfu"), ".1%")}',
-           f'ETA {metrics_lib.format_duration(rates.get("eta_s"))}']
-  if skipped:
-    parts.append(f'skipped {skipped}')
-  return '  '.join(parts)
-
-
-def _history_eval_losses(workdir: str) -> List[tuple]:
-  """(step, eval/loss) of every eval in metrics.jsonl, earlier runs
-  included; a non-finite loss (null in JSON) is nan, not left out, so the
-  summary never calls an older value the last."""
-  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
-  if not os.path.exists(path):
-    return []
-  out = []
-  for rec in metrics_lib.read_metrics(path):
-    if 'eval/loss' in rec:
-      loss = rec['eval/loss']
-      out.append((rec['step'], float('nan') if loss is None else loss))
-  return out
-
-
-class StepLogger:
-  """Host-side work for each finished step, in step order.
-
-    logger = StepLogger(writer, throughput, num_steps=100, log_every=10)
-    loss = logger.process(step, metrics, shapes)   # None: a skipped step
-
-A non-finite step raises NonFiniteError (the message names the step, its
-metrics, the batch shapes and `last_checkpoint()`), or, when train_step
-dropped it (train.skip_nonfinite_updates), is counted in `skipped`. Every
-`log_every` steps and at `num_steps` the window's means (finite steps only),
-the learning rate and the rates go to `writer` and one progress line.
-  """
-
-  def __init__(self, writer, throughput: metrics_lib.Throughput, *,
-               num_steps: int, log_every: int, skipped_steps: int = 0,
-               last_checkpoint: Callable[[], Optional[int]] = lambda: None,
-               max_consecutive_skipped: int = 0, max_skipped: int = 0,
-               start_step: Optional[int] = None):
-    self.writer = writer
-    self.throughput = throughput
-    self.num_steps = int(num_steps)
-    self.log_every = max(1, int(log_every))
-    self.skipped = int(skipped_steps)  # earlier runs' included
-    self.last_checkpoint = last_checkpoint
-    self.max_consecutive_skipped = int(max_consecutive_skipped)  # 0: no cap
-    self.max_skipped = int(max_skipped)  # 0: no cap
-    self.streak = 0  # skipped steps in a row, up to the last processed step
-    # The last step whose update was applied: a skipped step leaves its
-    # params in place, so they are the params a skip streak is stuck on.
-    self.last_applied = start_step
-    self.window = _Window()
-    self.last_rates: Dict[str, Any] = {}
-    self.last_values: Dict[str, Any] = {}  # the last log line's, as written
-
-  def process(self, step: int, metrics: Dict[str, Any], shapes: str = ''
-              ) -> Optional[float]:
-    """Checks, window and log line of one step's metrics (device or host
-    scalars: train_step's dict). Returns its loss, or None for a skipped
-    (non-finite) step."""
-    m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if m['is_finite'] <= 0:
-      self._non_finite(step, m, shapes)
-    else:
-      self.streak, self.last_applied = 0, step
-    if not self.throughput.started:
-      self.throughput.start(step)  # the first step included compilation
-    self.window.add(m)
-    if step % self.log_every == 0 or step == self.num_steps:
-      self._log(step, m)
-    return m['loss'] if m['is_finite'] > 0 else None
-
-  def _non_finite(self, step: int, m: Dict[str, float], shapes: str):
-    if m['skipped'] > 0:
-      self.skipped += 1
-      self.streak += 1
-      logging.warning('Step %d: non-finite loss %.4g / grad norm %.4g; '
-                      'update skipped (%d so far).', step, m['loss'],
-                      m['grad_norm'], self.skipped)
-      self._check_caps(step, m)
-      return
-    good = self.last_checkpoint()
-    raise NonFiniteError(
-        f'Step {step} produced a non-finite loss or gradient: loss='
-        f'{m["loss"]}, grad_norm={m["grad_norm"]}, z_loss={m["z_loss"]}, '
-        f'learning_rate={m["learning_rate"]:.3g}; batch {shapes}. '
-        f'Nothing after it was checkpointed (last checkpoint: '
-        f'{"none" if good is None else good}). Lower '
-        'optimizer.learning_rate or set optimizer.grad_clip_norm, or set '
-        'train.skip_nonfinite_updates=True to drop such steps.')
-
-  def _check_caps(self, step: int, m: Dict[str, float]):
-    """Past train.max_consecutive_skipped_steps in a row the params are to
-    blame (a diverged learning rate leaves every later step non-finite);
-    past train.max_skipped_steps the run has dropped too much data."""
-    what = (f'loss={m["loss"]}, grad_norm={m["grad_norm"]}, learning_rate='
-            f'{m["learning_rate"]:.3g}')
-    fix = ('Lower optimizer.learning_rate or set optimizer.grad_clip_norm, '
-           'then resume from the last usable checkpoint')
-    cap = self.max_consecutive_skipped
-    if cap > 0 and self.streak > cap:
-      since = self.last_applied
-      since = step - self.streak if since is None else since
-      raise NonFiniteError(
-          f'Step {step}: {self.streak} non-finite steps in a row (steps '
-          f'{step - self.streak + 1}-{step}, skipped; the last: {what}), more '
-          f'than train.max_consecutive_skipped_steps={cap}: the params of '
-          f'step {since} no longer train. {fix} (or raise '
-          'train.max_consecutive_skipped_steps).', ruined_from=since)
-    cap = self.max_skipped
-    if cap > 0 and self.skipped > cap:
-      good = self.last_checkpoint()
-      raise NonFiniteError(
-          f'Step {step} produced a non-finite loss or gradient ({what}): '
-          f'{self.skipped} steps skipped in all, more than '
-          f'train.max_skipped_steps={cap} (last checkpoint: '
-          f'{"none" if good is None else good}). {fix}, or find the batches '
-          'that break (or raise train.max_skipped_steps).')
-
-  def _log(self, step: int, m: Dict[str, float]):
-    rates = self.throughput.report(step, self.num_steps) or self.last_rates
-    self.last_rates = rates
-    values = dict(self.window.means(), learning_rate=m['learning_rate'],
-                  num_tokens=m['num_tokens'], skipped_steps=self.skipped)
-    values.update({k: rates.get(k) for k in
-                   ('steps_per_s', 'tokens_per_s', 'mfu', 'step_time_s')})
-    self.last_values = values
-    self.writer.write_scalars(step, values)
-    logging.info('%s', _progress_line(step, self.num_steps, values, rates,
-                                      self.skipped))
-    self.window.reset()
-
-
-def make_throughput(config, model) -> metrics_lib.Throughput:
-  """Steps/s, tokens/s and MFU of `config`'s global batch on every device
-  (FLOPs from the run's own model: no second model is built)."""
-  lens = lengths.model_lengths(config.model.arch,
-                               config.task.feature_lengths)
-  tokens_per_step = int(config.train.batch_size) * sum(lens.values())
-  peak = metrics_lib.peak_flops_per_device(
-      override=float(config.train.get('peak_flops_per_device', 0.0)))
-  return metrics_lib.Throughput(
-      model.flops_per_step(config.task.feature_lengths,
-                           int(config.train.batch_size)),
-      tokens_per_step, jax.device_count(), peak)
 
 
 # ---- periodic eval ----------------------------------------------------------------
@@ -462,7 +258,7 @@ def _stop_line(preemption: PreemptionWatcher, step: int) -> str:
   return f'Preempted: checkpointed step {step}; exiting.'
 
 
-def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
+def _run_steps(run: train_setup.RunSetup, logger: step_logging.StepLogger,
                periodic_eval: PeriodicEval, saving: Checkpointing,
                hooks: Sequence[Hook], preemption: PreemptionWatcher
                ) -> Tuple[int, bool]:
@@ -527,9 +323,24 @@ def _run_steps(run: train_setup.RunSetup, logger: StepLogger,
   return step, preempted
 
 
-def _result(workdir: str, step: int, preempted: bool, logger: StepLogger,
-            last_eval: Dict[str, float], stopped_by: Optional[str] = None
-            ) -> Dict[str, Any]:
+def _history_eval_losses(workdir: str) -> List[tuple]:
+  """(step, eval/loss) of every eval in metrics.jsonl, earlier runs
+  included; a non-finite loss (null in JSON) is nan, not left out, so the
+  summary never calls an older value the last."""
+  path = os.path.join(workdir, metrics_lib.METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  out = []
+  for rec in metrics_lib.read_metrics(path):
+    if 'eval/loss' in rec:
+      loss = rec['eval/loss']
+      out.append((rec['step'], float('nan') if loss is None else loss))
+  return out
+
+
+def _result(workdir: str, step: int, preempted: bool,
+            logger: step_logging.StepLogger, last_eval: Dict[str, float],
+            stopped_by: Optional[str] = None) -> Dict[str, Any]:
   """train_and_evaluate's return value (and the validation-loss line)."""
   history = _history_eval_losses(workdir) if jax.process_index() == 0 else []
   result = {'step': step, 'preempted': preempted,
@@ -597,10 +408,10 @@ def _train(config, workdir: str, hooks: Sequence[Hook],
            preemption: PreemptionWatcher) -> Dict[str, Any]:
   """train_and_evaluate's body: set-up, the pieces, the steps, the result."""
   run = train_setup.build(config, workdir)
-  throughput = make_throughput(config, run.model)
+  throughput = step_logging.make_throughput(config, run.model)
   writer = _start_metrics(run)
   saving = Checkpointing(run.ckpt, config, run.host, run.position.seed)
-  logger = StepLogger(
+  logger = step_logging.StepLogger(
       writer, throughput, num_steps=int(config.train.num_steps),
       log_every=int(config.train.log_every_steps),
       skipped_steps=run.position.skipped_steps,

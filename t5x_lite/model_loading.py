@@ -4,10 +4,11 @@
     path = model_loading.default_checkpoint(workdir)   # workdir/checkpoints
 
 `path` is a training step dir, a checkpoints dir or workdir (the newest
-usable step) or a params-only dir (checkpoints.save_params_only: HF imports,
-ELECTRA discriminator exports). The model's structural fields come from the
-config saved with the checkpoint, so a checkpoint loads whatever --config
-says about them; the params are restored straight into the mesh's shardings.
+usable step) or a params-only dir (params_checkpoints.save_params_only: HF
+imports, ELECTRA discriminator exports). The model's structural fields come
+from the config saved with the checkpoint, so a checkpoint loads whatever
+--config says about them; the params are restored straight into the mesh's
+shardings.
 Every failure is a CheckpointError naming the path and the steps that exist.
 """
 import json
@@ -16,9 +17,11 @@ from typing import Any, Dict, List, Tuple
 
 from absl import logging
 
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import model_config
 from t5x_lite import objectives
+from t5x_lite import params_checkpoints
 from t5x_lite import partitioning
 from t5x_lite import trainer
 
@@ -26,7 +29,7 @@ from t5x_lite import trainer
 
 def default_checkpoint(workdir: str) -> str:
   """workdir/checkpoints (restore_params picks its newest usable step)."""
-  return checkpoints.checkpoint_dir(workdir)
+  return checkpoint_inspection.checkpoint_dir(workdir)
 
 
 def available_steps_hint(path: str, message: str = '') -> str:
@@ -35,9 +38,10 @@ def available_steps_hint(path: str, message: str = '') -> str:
   if 'steps in ' in message or 'steps [' in message:
     return ''
   path = os.path.abspath(os.path.expanduser(path))
-  candidates = [path, checkpoints.checkpoint_dir(path), os.path.dirname(path)]
+  candidates = [path, checkpoint_inspection.checkpoint_dir(path),
+                os.path.dirname(path)]
   for directory in candidates:
-    steps = sorted(checkpoints.step_dirs(directory))
+    steps = sorted(checkpoint_inspection.step_dirs(directory))
     if steps:
       return f' Steps that exist in {directory}: {steps}.'
   return (' No checkpoint steps exist there; train first (python -m '
@@ -50,7 +54,7 @@ def resolve_checkpoint(path: str) -> Tuple[str, str, int]:
   Raises CheckpointError naming `path` and the steps that do exist.
   """
   try:
-    kind, where = checkpoints.resolve_params_path(path).split(':', 1)
+    kind, where = params_checkpoints.resolve_params_path(path).split(':', 1)
   except checkpoints.CheckpointError as e:
     raise checkpoints.CheckpointError(
         f'{e}{available_steps_hint(path, str(e))}') from e
@@ -66,10 +70,10 @@ def stored_config(kind: str, where: str) -> Dict[str, Any]:
   config.json (WORKDIR/checkpoints/<step> -> WORKDIR/config.json)."""
   if kind == 'params':
     try:
-      return checkpoints.read_params_only_config(where)
+      return params_checkpoints.read_params_only_config(where)
     except (OSError, ValueError):
       return {}
-  for read in (lambda: checkpoints.read_json_item(where, 'config'),
+  for read in (lambda: checkpoint_inspection.read_json_item(where, 'config'),
                lambda: _read_json(os.path.join(
                    os.path.dirname(os.path.dirname(where)), 'config.json'))):
     try:
@@ -157,7 +161,7 @@ def load_model(config, path: str, mesh=None):
       model, mesh, partitioning.logical_rules(config.mesh.rules),
       dict(config.task.feature_lengths))
   try:
-    params = checkpoints.restore_params(path, abstract)
+    params = params_checkpoints.restore_params(path, abstract)
   except checkpoints.CheckpointError as e:
     raise checkpoints.CheckpointError(
         f'{e}{available_steps_hint(path, str(e))}') from e

@@ -31,11 +31,13 @@ from absl import logging
 import jax
 import numpy as np
 
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
 from t5x_lite import distributed
 from t5x_lite import objectives
 from t5x_lite import optimizers
+from t5x_lite import params_checkpoints
 from t5x_lite import partitioning
 from t5x_lite import run_config
 from t5x_lite import trainer
@@ -230,7 +232,7 @@ def _restore_or_init(config, model, tx, mesh, rules, ckpt, abstract_state,
   state, _ = trainer.create_train_state(
       model, tx, mesh, rules, dict(config.task.feature_lengths), init_rng)
   if config.checkpoint.restore_from:
-    params = checkpoints.restore_params(config.checkpoint.restore_from,
+    params = params_checkpoints.restore_params(config.checkpoint.restore_from,
                                         abstract_state.params)
     state = state.replace(params=params)
     logging.info('Initialised params from %s (fresh optimizer state).',
@@ -352,7 +354,8 @@ def build(config, workdir: str) -> RunSetup:
                host.index, host.num_shards, host.per_host_batch_size)
 
   ckpt = checkpoints.Checkpointer(
-      checkpoints.checkpoint_dir(workdir), keep=int(config.checkpoint.keep),
+      checkpoint_inspection.checkpoint_dir(workdir),
+      keep=int(config.checkpoint.keep),
       async_save=bool(config.checkpoint.async_save))
   with ckpt.closed_on_error():
     init_rng, dropout_rng = jax.random.split(

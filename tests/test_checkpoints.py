@@ -18,8 +18,10 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import objectives
+from t5x_lite import params_checkpoints
 
 
 @flax.struct.dataclass
@@ -81,7 +83,7 @@ def warnings_log():
 def test_round_trip_keep_n_and_items(tmp_path):
   d = str(tmp_path / 'checkpoints')
   _save_steps(d, [10, 20, 30, 40], keep=3)
-  assert sorted(checkpoints.step_dirs(d)) == [20, 30, 40]
+  assert sorted(checkpoint_inspection.step_dirs(d)) == [20, 30, 40]
   ckpt = checkpoints.Checkpointer(d)
   target = checkpoints._abstract(_state(0))
   r = ckpt.restore(target)
@@ -94,7 +96,8 @@ def test_round_trip_keep_n_and_items(tmp_path):
   # Saving an existing step is a no-op, not an overwrite.
   assert not ckpt.save(40, _state(99, seed=99))
   ckpt.close()
-  assert checkpoints.read_json_item(os.path.join(d, '40'), 'data')['seed'] == 7
+  assert checkpoint_inspection.read_json_item(os.path.join(d, '40'),
+                                              'data')['seed'] == 7
   assert checkpoints.Checkpointer(str(tmp_path / 'none')).restore(
       target) is None
 
@@ -138,7 +141,7 @@ def test_damaged_latest_step_falls_back(tmp_path, warnings_log, pattern,
   assert any('step 20' in m and 'unusable' in m for m in warnings_log), (
       warnings_log)
   # The damaged step is kept for inspection, out of the way of new saves.
-  assert sorted(checkpoints.step_dirs(d)) == [10]
+  assert sorted(checkpoint_inspection.step_dirs(d)) == [10]
   moved = glob.glob(os.path.join(d, checkpoints.UNUSABLE_DIR, '20.*'))
   assert len(moved) == 1 and os.path.exists(
       os.path.join(moved[0], 'REASON.txt'))
@@ -176,12 +179,12 @@ def test_damaged_files_never_restore_silently(tmp_path):
 
 def test_no_checkpoint_message_names_path_and_steps(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='does not exist'):
-    checkpoints.restore_params(str(tmp_path / 'missing'))
+    params_checkpoints.restore_params(str(tmp_path / 'missing'))
   empty = tmp_path / 'empty'
   empty.mkdir()
   with pytest.raises(checkpoints.CheckpointError,
                      match=f'No checkpoint at {empty}.*empty'):
-    checkpoints.restore_params(str(empty))
+    params_checkpoints.restore_params(str(empty))
   d = str(tmp_path / 'checkpoints')
   _save_steps(d, [10, 20])
   with pytest.raises(checkpoints.CheckpointError,
@@ -190,7 +193,7 @@ def test_no_checkpoint_message_names_path_and_steps(tmp_path):
                                         step=15)
   with pytest.raises(checkpoints.CheckpointError,
                      match=r'does not exist; steps in .*\[10, 20\]'):
-    checkpoints.restore_params(os.path.join(d, '30'))
+    params_checkpoints.restore_params(os.path.join(d, '30'))
 
 
 def test_failed_write_raises_and_keeps_previous_step(tmp_path, monkeypatch):
@@ -212,7 +215,8 @@ def test_failed_write_raises_and_keeps_previous_step(tmp_path, monkeypatch):
     ckpt.wait_until_finished()  # an async failure surfaces here at the latest
   monkeypatch.setattr(ocp.handlers.JsonCheckpointHandler, '_save_fn', real)
   ckpt._mngr.close()
-  assert sorted(checkpoints.step_dirs(d)) == [10]  # keep=1 deleted nothing
+  # keep=1 deleted nothing
+  assert sorted(checkpoint_inspection.step_dirs(d)) == [10]
   r = checkpoints.Checkpointer(d).restore(checkpoints._abstract(_state(0)))
   assert r.step == 10
   _assert_equal(r.state, _state(10, seed=10))
@@ -229,7 +233,7 @@ def test_refuses_non_finite_state(tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match='step 4.*loss is nan'):
     ckpt.save(4, _state(4), loss=float('nan'))
   ckpt.close()
-  assert checkpoints.step_dirs(d) == {}
+  assert checkpoint_inspection.step_dirs(d) == {}
 
 
 def test_restore_params_every_format(tmp_path):
@@ -237,52 +241,55 @@ def test_restore_params_every_format(tmp_path):
   _save_steps(d, [10, 20])
   want = _state(20, seed=20).params
   for path in (os.path.join(d, '20'), d, str(tmp_path / 'work')):
-    _assert_equal(checkpoints.restore_params(path), want)
+    _assert_equal(params_checkpoints.restore_params(path), want)
   # The newest step without its commit marker is skipped.
-  os.remove(os.path.join(d, '20', checkpoints.COMMIT_MARKER))
-  _assert_equal(checkpoints.restore_params(d), _state(10, seed=10).params)
+  os.remove(os.path.join(d, '20', checkpoint_inspection.COMMIT_MARKER))
+  _assert_equal(params_checkpoints.restore_params(d),
+                _state(10, seed=10).params)
   # interop/hf.py's params-only checkpoint: {'params': ...} + config.json.
   export = tmp_path / 'export'
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(str(export), {'params': want})
   (export / 'config.json').write_text(json.dumps({'model': {}}))
-  assert checkpoints.resolve_params_path(str(export)) == f'params:{export}'
-  got = checkpoints.restore_params(str(export))
+  assert params_checkpoints.resolve_params_path(str(export)) == (
+      f'params:{export}')
+  got = params_checkpoints.restore_params(str(export))
   _assert_equal(got, want)
   assert isinstance(jax.tree.leaves(got)[0], np.ndarray)
   # Written by the interop helper itself.
   from t5x_lite.configs import default  # pylint: disable=g-import-not-at-top
   from t5x_lite.interop import hf  # pylint: disable=g-import-not-at-top
   hf.save_params_checkpoint(str(tmp_path / 'hf'), want, default.get_config())
-  _assert_equal(checkpoints.restore_params(str(tmp_path / 'hf')), want)
+  _assert_equal(params_checkpoints.restore_params(str(tmp_path / 'hf')), want)
   # The one writer of the format (HF import, ELECTRA export) and its config.
-  out = checkpoints.save_params_only(str(tmp_path / 'po'), want,
+  out = params_checkpoints.save_params_only(str(tmp_path / 'po'), want,
                                      {'model': {'arch': 'encoder_decoder'}})
   assert out == str(tmp_path / 'po')
-  assert checkpoints.read_params_only_config(out) == {
+  assert params_checkpoints.read_params_only_config(out) == {
       'model': {'arch': 'encoder_decoder'}}
-  got = checkpoints.restore_params(out)
+  got = params_checkpoints.restore_params(out)
   _assert_equal(got, want)
   assert isinstance(jax.tree.leaves(got)[0], np.ndarray)
   with pytest.raises(FileExistsError, match='pick a new output directory'):
-    checkpoints.save_params_only(out, want)
-  bare_config = checkpoints.save_params_only(str(tmp_path / 'noconf'), want)
-  assert checkpoints.read_params_only_config(bare_config) == {}
-  _assert_equal(checkpoints.restore_params(bare_config), want)
+    params_checkpoints.save_params_only(out, want)
+  bare_config = params_checkpoints.save_params_only(str(tmp_path / 'noconf'),
+                                                    want)
+  assert params_checkpoints.read_params_only_config(bare_config) == {}
+  _assert_equal(params_checkpoints.restore_params(bare_config), want)
   (tmp_path / 'noconf' / 'config.json').write_text('{not json')
   with pytest.raises(ValueError, match='not valid JSON'):
-    checkpoints.read_params_only_config(bare_config)
+    params_checkpoints.read_params_only_config(bare_config)
   # ... or a bare params tree.
   with ocp.StandardCheckpointer() as ckptr:
     ckptr.save(str(tmp_path / 'bare'), want)
-  _assert_equal(checkpoints.restore_params(str(tmp_path / 'bare')), want)
+  _assert_equal(params_checkpoints.restore_params(str(tmp_path / 'bare')), want)
   # Into a mesh.
   mesh = Mesh(np.array(jax.devices()[:2]), ('fsdp',))
   target = jax.tree.map(
       lambda x: jax.ShapeDtypeStruct(
           x.shape, x.dtype, sharding=NamedSharding(
               mesh, P('fsdp') if x.ndim == 2 else P())), want)
-  got = checkpoints.restore_params(os.path.join(d, '10'), target)
+  got = params_checkpoints.restore_params(os.path.join(d, '10'), target)
   assert got['enc']['kernel'].sharding.spec == P('fsdp')
   _assert_equal(got, _state(10, seed=10).params)
 
@@ -316,9 +323,9 @@ def test_other_model_is_a_clear_error_not_a_fallback(tmp_path):
                      match=r'step 20 .*params/bias has shape \(32,\) in the '
                      r'checkpoint but \(5,\) here'):
     checkpoints.Checkpointer(d).restore(checkpoints._abstract(other))
-  assert sorted(checkpoints.step_dirs(d)) == [10, 20]  # nothing moved
+  assert sorted(checkpoint_inspection.step_dirs(d)) == [10, 20]  # nothing moved
   with pytest.raises(checkpoints.CheckpointMismatchError, match='bias'):
-    checkpoints.restore_params(d, checkpoints._abstract(other.params))
+    params_checkpoints.restore_params(d, checkpoints._abstract(other.params))
 
 
 def test_train_state_moves_between_mesh_shapes(tmp_path):

@@ -145,7 +145,7 @@ def test_missing_checkpoint_fails_clearly(workdir):
 
 def test_corrupt_checkpoint_fails_clearly(workdir, tmp_path):
   # pylint: disable=g-import-not-at-top
-  from t5x_lite import checkpoints, model_loading
+  from t5x_lite import checkpoint_inspection, checkpoints, model_loading
   ckpt_dir = tmp_path / 'checkpoints'
   shutil.copytree(os.path.join(workdir, 'checkpoints', str(STEPS)),
                   ckpt_dir / str(STEPS))
@@ -163,6 +163,6 @@ def test_corrupt_checkpoint_fails_clearly(workdir, tmp_path):
     model_loading.load_model(_config(), step)
   assert step in str(e.value) and f'[{STEPS}]' in str(e.value)
   # An interrupted save (no commit marker) is named as such.
-  os.remove(os.path.join(step, checkpoints.COMMIT_MARKER))
+  os.remove(os.path.join(step, checkpoint_inspection.COMMIT_MARKER))
   with pytest.raises(checkpoints.CheckpointError, match='commit marker'):
     model_loading.load_model(_config(), step)

@@ -24,8 +24,9 @@ import pytest
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
 
-from t5x_lite import checkpoints  # pylint: disable=g-import-not-at-top
+from t5x_lite import checkpoint_inspection  # pylint: disable=g-import-not-at-top
 from t5x_lite import network
+from t5x_lite import params_checkpoints
 from t5x_lite.interop import hf
 from t5x_lite.model_config import ModelConfig
 
@@ -84,8 +85,8 @@ def _train(config_name, workdir, arg=None, **overrides):
     group, name = key.split('.')
     c[group][name] = value
   loop.train_and_evaluate(config, workdir)
-  assert sorted(checkpoints.step_dirs(checkpoints.checkpoint_dir(workdir))
-               ) == [STEPS]
+  assert sorted(checkpoint_inspection.step_dirs(
+      checkpoint_inspection.checkpoint_dir(workdir))) == [STEPS]
   return config
 
 
@@ -143,7 +144,7 @@ def test_export_from_a_workdir_matches_our_logits(t5_run):
 
   # Ours: the step's params, restored on their own, in the trained network.
   module = network.build(ModelConfig.from_config(config.model))
-  params = checkpoints.restore_params(step_dir)
+  params = params_checkpoints.restore_params(step_dir)
   enc, dec, dec_valid = _padded_batch(config.model.vocab_size)
   ours = np.asarray(module.apply({'params': params}, enc, dec))
   model = _loaded('T5ForConditionalGeneration', out)
@@ -212,7 +213,7 @@ def test_encoder_only_run_exports_to_t5_encoder_model(tmp_path):
                              'part of the model it keeps): generator/ ('), lines
 
   step_dir = os.path.join(workdir, 'checkpoints', str(STEPS))
-  trained = checkpoints.restore_params(step_dir)
+  trained = params_checkpoints.restore_params(step_dir)
   cfg = ModelConfig.from_config(config.model)
   module = network.build(cfg)
   enc, _, _ = _padded_batch(cfg.vocab_size)
@@ -237,7 +238,7 @@ def test_decoder_only_is_refused_in_one_line(tmp_path):
   module = network.build(cfg)
   params = nn.meta.unbox(module.init(jax.random.PRNGKey(0),
                                      *network.dummy_inputs(cfg))['params'])
-  ckpt = checkpoints.save_params_only(
+  ckpt = params_checkpoints.save_params_only(
       str(tmp_path / 'lm'), jax.tree.map(np.asarray, params),
       config.to_dict())
   out = tmp_path / 'hf'
@@ -319,7 +320,7 @@ def test_import_of_a_real_t5_and_an_occupied_out(tmp_path):
   n = sum(p.numel() for p in model.parameters()) + (
       model.lm_head.weight.numel() if tied else 0)
   assert proc.stdout.strip() == f'Imported {n:,} params from {d} into {out}'
-  params = checkpoints.restore_params(str(out))
+  params = params_checkpoints.restore_params(str(out))
   np.testing.assert_array_equal(
       params['decoder']['logits_dense']['kernel'],
       model.lm_head.weight.detach().numpy().T)
@@ -337,7 +338,7 @@ def test_params_only_dir_without_its_config_is_refused(tmp_path):
   cfg = ModelConfig(num_encoder_layers=1, num_decoder_layers=1)
   params = nn.meta.unbox(network.build(cfg).init(
       jax.random.PRNGKey(0), *network.dummy_inputs(cfg))['params'])
-  ckpt = checkpoints.save_params_only(str(tmp_path / 'bare'),
+  ckpt = params_checkpoints.save_params_only(str(tmp_path / 'bare'),
                                       jax.tree.map(np.asarray, params))
   with pytest.raises(checkpoint_source.SourceError) as e:
     hf.export_checkpoint(ckpt, str(tmp_path / 'hf'))
@@ -350,7 +351,7 @@ def test_params_only_dir_without_its_config_is_refused(tmp_path):
   config = config_lib.default_config()
   config.model.num_encoder_layers = config.model.num_decoder_layers = 1
   config.model.emb_dim = 2 * cfg.emb_dim
-  other = checkpoints.save_params_only(str(tmp_path / 'other'),
+  other = params_checkpoints.save_params_only(str(tmp_path / 'other'),
                                        jax.tree.map(np.asarray, params),
                                        config.to_dict())
   with pytest.raises(checkpoint_source.SourceError) as e:

@@ -19,9 +19,10 @@ import zipfile
 
 import pytest
 
-from t5x_lite import checkpoints
+from t5x_lite import checkpoint_inspection
 from t5x_lite import config as config_lib
 from t5x_lite import configs
+from t5x_lite import params_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -150,9 +151,9 @@ def _env(target, cache):
 
 def _assert_trained(workdir, emb_dim=32):
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  assert checkpoints.step_dirs(ckpt_dir).keys() == {2}
-  assert checkpoints.inspect_step(os.path.join(ckpt_dir, '2')) is None
-  params = checkpoints.restore_params(workdir)
+  assert checkpoint_inspection.step_dirs(ckpt_dir).keys() == {2}
+  assert checkpoint_inspection.inspect_step(os.path.join(ckpt_dir, '2')) is None
+  params = params_checkpoints.restore_params(workdir)
   embedding = params['token_embedder']['embedding']
   assert embedding.shape == (4224, emb_dim)  # local_tiny's vocab, TINY's width
   with open(os.path.join(workdir, 'config.json')) as f:

@@ -24,6 +24,7 @@ import pytest
 
 from t5x_lite.configs import default
 from t5x_lite.configs import models as sizes
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import distributed
 from t5x_lite import evaluation
@@ -35,6 +36,7 @@ from t5x_lite import objectives
 from t5x_lite import optimizers
 from t5x_lite import partitioning
 from t5x_lite import run_config
+from t5x_lite import step_logging
 from t5x_lite import train_setup
 from t5x_lite import trainer
 from t5x_lite.predictor import Predictor
@@ -85,7 +87,7 @@ def _step(loss, accuracy=0.5, grad_norm=1.0, learning_rate=1e-2, *,
 def _logger(tmp_path, **kwargs):
   writer = metrics_lib.create_writer(str(tmp_path), tensorboard=False)
   throughput = metrics_lib.Throughput(1e9, 100, 1, None)
-  return loop.StepLogger(writer, throughput, **kwargs), writer
+  return step_logging.StepLogger(writer, throughput, **kwargs), writer
 
 
 # ---- StepLogger -----------------------------------------------------------------
@@ -160,7 +162,7 @@ def test_step_logger_non_finite_step_raises_naming_step_and_checkpoint(
     logger, writer = _logger(tmp_path / named, num_steps=10, log_every=1,
                              last_checkpoint=lambda c=committed: c)
     assert logger.process(4, _step(1.0)) == 1.0
-    with pytest.raises(loop.NonFiniteError) as e:
+    with pytest.raises(step_logging.NonFiniteError) as e:
       logger.process(5, _step(float('nan'), learning_rate=0.01))
     writer.close()
     assert str(e.value) == (
@@ -170,7 +172,8 @@ def test_step_logger_non_finite_step_raises_naming_step_and_checkpoint(
         'optimizer.learning_rate or set optimizer.grad_clip_norm, or set '
         'train.skip_nonfinite_updates=True to drop such steps.')
   logger, writer = _logger(tmp_path / 'shapes', num_steps=10, log_every=1)
-  with pytest.raises(loop.NonFiniteError, match=r'batch decoder_loss_weights: '
+  with pytest.raises(step_logging.NonFiniteError,
+                     match=r'batch decoder_loss_weights: '
                      r'\(8, 8\) float32, encoder_input_tokens'):
     logger.process(1, _step(float('inf')), shapes)
   writer.close()
@@ -207,13 +210,13 @@ def test_checkpointing_saves_state_data_position_and_config(tmp_path):
   saving.save(3, state, loss=1.5, batches_consumed=3, skipped_steps=1)
   assert saving.committed_step() == 3  # waits for the async write
   step_dir = os.path.join(directory, '3')
-  assert checkpoints.inspect_step(step_dir) is None
-  data = checkpoints.read_json_item(step_dir, 'data')
+  assert checkpoint_inspection.inspect_step(step_dir) is None
+  data = checkpoint_inspection.read_json_item(step_dir, 'data')
   assert data == {'batches_consumed': {'0': 3}, 'seed': 7, 'process_count': 1,
                   'per_host_batch_size': 16, 'task': config.task.name,
                   'skipped_steps': 1}
   assert list(data) == list(saving.data_item(3, 1))  # the item, in order
-  assert checkpoints.read_json_item(step_dir, 'config') == (
+  assert checkpoint_inspection.read_json_item(step_dir, 'config') == (
       train_setup.config_dict(config))
   with pytest.raises(checkpoints.CheckpointError, match='the loss is nan'):
     saving.save(4, _tiny_state(4), loss=float('nan'), batches_consumed=4,

@@ -19,8 +19,9 @@ import jax
 import numpy as np
 import pytest
 
-from t5x_lite import checkpoints
+from t5x_lite import checkpoint_inspection
 from t5x_lite import metrics as metrics_lib
+from t5x_lite import params_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(ROOT, 'launch', 'local_multiprocess.sh')
@@ -132,14 +133,16 @@ def test_same_loss_at_every_step_as_one_process(runs):
 
 def test_multiprocess_checkpoint_restores_in_one_process(runs):
   ckpt = os.path.join(runs['two'], 'checkpoints')
-  assert sorted(checkpoints.step_dirs(ckpt)) == [STEPS]
-  assert checkpoints.inspect_step(os.path.join(ckpt, str(STEPS))) is None
-  data = checkpoints.read_json_item(os.path.join(ckpt, str(STEPS)), 'data')
+  assert sorted(checkpoint_inspection.step_dirs(ckpt)) == [STEPS]
+  assert checkpoint_inspection.inspect_step(
+      os.path.join(ckpt, str(STEPS))) is None
+  data = checkpoint_inspection.read_json_item(
+      os.path.join(ckpt, str(STEPS)), 'data')
   assert data['batches_consumed'] == {'0': STEPS, '1': STEPS}
   assert data['process_count'] == 2 and data['per_host_batch_size'] == 4
   # This pytest process is one process with 8 devices: a different topology.
-  restored = checkpoints.restore_params(ckpt)
-  reference = checkpoints.restore_params(os.path.join(runs['one'],
+  restored = params_checkpoints.restore_params(ckpt)
+  reference = params_checkpoints.restore_params(os.path.join(runs['one'],
                                                       'checkpoints'))
   pairs = list(zip(jax.tree.leaves(restored), jax.tree.leaves(reference),
                    strict=True))

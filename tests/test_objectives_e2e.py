@@ -159,15 +159,15 @@ def test_electra_loop_then_classifier_from_exported_discriminator(tmp_path):
   assert f'disc_accuracy {tf["disc_accuracy"]:.4f}' in printed[0]
 
   # What checkpoint.restore_from does for the classifier fine-tuning config.
-  from t5x_lite import checkpoints
+  from t5x_lite import params_checkpoints
   export = electra.export_discriminator(work, str(tmp_path / 'disc'))
   ft = _shrink(_load('finetune_classifier:tiny'))
   ft.task.feature_lengths = c.task.feature_lengths
   classifier = objectives.build_model(ft)
   abstract = partitioning.unbox(classifier.abstract_params(
       classifier.input_shapes(ft.task.feature_lengths, 1)))
-  restored = checkpoints.restore_params(export, abstract)
-  pretrained = checkpoints.restore_params(work)['discriminator']
+  restored = params_checkpoints.restore_params(export, abstract)
+  pretrained = params_checkpoints.restore_params(work)['discriminator']
   for a, b in zip(jax.tree_util.tree_leaves(restored),
                   jax.tree_util.tree_leaves(pretrained)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

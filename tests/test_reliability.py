@@ -42,9 +42,12 @@ from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import loop
 from t5x_lite import metrics as metrics_lib
+from t5x_lite import params_checkpoints
+from t5x_lite import step_logging
 from t5x_lite import tasks
 from t5x_lite import workdir_lock
 
@@ -176,7 +179,8 @@ def _last_line(proc) -> str:
 
 
 def _steps(workdir):
-  return sorted(checkpoints.step_dirs(os.path.join(workdir, 'checkpoints')))
+  return sorted(checkpoint_inspection.step_dirs(
+      os.path.join(workdir, 'checkpoints')))
 
 
 def _digest(path) -> str:
@@ -396,7 +400,7 @@ def test_nan_eval_fails_the_run_and_is_reported_as_nan(base, tmp_path,
 
 def test_step_logger_total_skip_cap(tmp_path):
   writer = metrics_lib.create_writer(str(tmp_path), tensorboard=False)
-  logger = loop.StepLogger(
+  logger = step_logging.StepLogger(
       writer, metrics_lib.Throughput(1e9, 100, 1, None), num_steps=10,
       log_every=1, skipped_steps=2, max_skipped=3,
       last_checkpoint=lambda: 4)
@@ -407,7 +411,7 @@ def test_step_logger_total_skip_cap(tmp_path):
               is_finite=1.0, skipped=0.0)
   assert logger.process(5, bad) is None  # 3 in all: at the cap
   assert logger.process(6, good) == 1.0
-  with pytest.raises(loop.NonFiniteError) as e:
+  with pytest.raises(step_logging.NonFiniteError) as e:
     logger.process(7, bad)
   writer.close()
   assert str(e.value) == (
@@ -439,8 +443,8 @@ def test_resume_with_another_batch_size_trains_every_row_once(
   expected = _rows([next(stream) for _ in range(16)])
   for k in expected:
     np.testing.assert_array_equal(trained[k], expected[k], err_msg=k)
-  data = checkpoints.read_json_item(os.path.join(w, 'checkpoints', '13'),
-                                    'data')
+  data = checkpoint_inspection.read_json_item(
+      os.path.join(w, 'checkpoints', '13'), 'data')
   assert data['batches_consumed'] == {'0': 8}  # 5 converted + 3
   assert data['per_host_batch_size'] == 16
 
@@ -503,8 +507,9 @@ def test_sigint_checkpoints_and_exits_130_a_second_one_kills(
   assert 'Traceback' not in run.stderr and 'KeyboardInterrupt' not in (
       run.stderr)
   assert _steps(w) == [5, 7]
-  assert checkpoints.read_json_item(os.path.join(w, 'checkpoints', '7'),
-                                    'data')['batches_consumed'] == {'0': 7}
+  assert checkpoint_inspection.read_json_item(
+      os.path.join(w, 'checkpoints', '7'),
+      'data')['batches_consumed'] == {'0': 7}
 
   w2 = str(tmp_path / 'ctrl_c_twice')
   run = _run(_hooked_cmd('signal', 7, 'SIGINT', 2, w2, 'train.num_steps=20'),
@@ -600,7 +605,7 @@ def test_bytes_changed_after_the_save_never_restore_silently(tmp_path):
   assert os.path.getsize(victim) == size
   with pytest.raises(checkpoints.CheckpointError, match='differ from the '
                      'fingerprint saved with them'):
-    checkpoints.restore_params(os.path.join(d, '2'))
+    params_checkpoints.restore_params(os.path.join(d, '2'))
   with _Logs() as logs:
     restored = checkpoints.Checkpointer(d).restore(
         checkpoints._abstract(state))  # pylint: disable=protected-access

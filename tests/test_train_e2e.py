@@ -29,9 +29,10 @@ import numpy as np
 import pytest
 
 from t5x_lite.configs import local_tiny
-from t5x_lite import checkpoints
+from t5x_lite import checkpoint_inspection
 from t5x_lite import loop
 from t5x_lite import metrics as metrics_lib
+from t5x_lite import params_checkpoints
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -151,7 +152,7 @@ def _losses(workdir):
 
 
 def _params(workdir):
-  return checkpoints.restore_params(workdir)
+  return params_checkpoints.restore_params(workdir)
 
 
 def _assert_same_params(a, b):
@@ -181,12 +182,13 @@ class _Warnings(py_logging.Handler):
 
 def test_run_writes_checkpoints_events_metrics(reference):
   w, result = reference['workdir'], reference['result']
-  assert checkpoints.step_dirs(os.path.join(w, 'checkpoints')).keys() == {
-      10, 20}
+  assert checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints')).keys() == {10, 20}
   for s in (10, 20):
-    assert checkpoints.inspect_step(os.path.join(w, 'checkpoints', str(s))) is None
-  data = checkpoints.read_json_item(os.path.join(w, 'checkpoints', '20'),
-                                    'data')
+    assert checkpoint_inspection.inspect_step(
+        os.path.join(w, 'checkpoints', str(s))) is None
+  data = checkpoint_inspection.read_json_item(
+      os.path.join(w, 'checkpoints', '20'), 'data')
   assert data['batches_consumed'] == {'0': 20} and data['seed'] == 0
   records = metrics_lib.read_metrics(w)
   train = [r for r in records if 'loss' in r]
@@ -227,7 +229,8 @@ def test_sigkill_and_restart_is_exact(reference, tmp_path, jax_cache):
   first = _run([PY, '-c', _SIGNAL_AT, '13', 'SIGKILL', ckpt10] +
                _train_cmd(w)[3:], jax_cache)
   assert first.returncode == -signal.SIGKILL, first.stderr[-3000:]
-  assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [10]
+  assert sorted(checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints'))) == [10]
   killed_at = max(_losses(w))
   assert 10 < killed_at < STEPS
   result = loop.train_and_evaluate(_config(), w)  # the restart
@@ -254,8 +257,10 @@ def test_sigterm_checkpoints_exits_zero_and_resumes_exactly(
              jax_cache)
   assert run.returncode == 0, run.stderr[-3000:]
   assert 'Preempted: checkpointed step 7' in run.stderr
-  assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [7]
-  data = checkpoints.read_json_item(os.path.join(w, 'checkpoints', '7'), 'data')
+  assert sorted(checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints'))) == [7]
+  data = checkpoint_inspection.read_json_item(
+      os.path.join(w, 'checkpoints', '7'), 'data')
   assert data['batches_consumed'] == {'0': 7}
   result = loop.train_and_evaluate(_config(), w)
   assert result['step'] == STEPS and not result['preempted']
@@ -274,7 +279,8 @@ def test_command_line_overrides_and_clear_config_errors(tmp_path, jax_cache):
   assert max(_losses(w)) == 3
   with open(os.path.join(w, 'config.json')) as f:
     assert json.load(f)['train']['num_steps'] == 3
-  assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [3]
+  assert sorted(checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints'))) == [3]
 
   for override, expect in (
       ('train.num_stepz=3', "train has no key 'num_stepz'. Did you mean "
@@ -337,7 +343,8 @@ def test_nan_stops_without_checkpoint_or_is_skipped(tmp_path, jax_cache):
   assert 'Step 5' in msg and 'loss=nan' in msg
   assert 'decoder_loss_weights: (8, 8) float32' in msg  # the batch shapes
   assert 'last checkpoint: 3' in msg
-  assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [3]
+  assert sorted(checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints'))) == [3]
 
   w = str(tmp_path / 'nan_skipped')
   result = loop.train_and_evaluate(_config(*nan), w)  # skips non-finite
@@ -346,9 +353,9 @@ def test_nan_stops_without_checkpoint_or_is_skipped(tmp_path, jax_cache):
   assert records[4]['skipped_steps'] == 0 and records[5]['skipped_steps'] == 1
   assert records[5]['loss'] is None  # the poisoned step: NaN -> null
   assert np.isfinite(records[8]['loss'])
-  assert sorted(checkpoints.step_dirs(os.path.join(w, 'checkpoints'))) == [
-      3, 6, 8]
-  assert checkpoints.all_finite(_params(w))
+  assert sorted(checkpoint_inspection.step_dirs(
+      os.path.join(w, 'checkpoints'))) == [3, 6, 8]
+  assert checkpoint_inspection.all_finite(_params(w))
 
 
 def test_restore_from_starts_with_those_params(reference, tmp_path, jax_cache):
@@ -362,6 +369,6 @@ def test_restore_from_starts_with_those_params(reference, tmp_path, jax_cache):
       reference['workdir']) if 'eval/loss' in r}
   # Step 0 of the new run evaluates the reference's final params.
   assert evals[0] == ref_evals[STEPS]
-  data = checkpoints.read_json_item(os.path.join(w, 'checkpoints', '2'),
-                                    'data')
+  data = checkpoint_inspection.read_json_item(
+      os.path.join(w, 'checkpoints', '2'), 'data')
   assert data['batches_consumed'] == {'0': 2}  # its own data position

@@ -6,10 +6,10 @@
 dir or a workdir (its newest usable step), or a params-only dir (an HF import,
 a discriminator export). The model's fields come from the config saved with
 the checkpoint (model_loading.stored_config), never from a command line, and
-the params are restored as host numpy (checkpoints.restore_params). When the
-run's objective keeps only part of what it trained (its registry entry's
-`checkpoint_params`, e.g. a discriminator without its generator), that part
-is what gets exported, and the rest is named in `dropped`.
+the params are restored as host numpy (params_checkpoints.restore_params).
+When the run's objective keeps only part of what it trained (its registry
+entry's `checkpoint_params`, e.g. a discriminator without its generator),
+that part is what gets exported, and the rest is named in `dropped`.
 
 Nothing here knows the Hugging Face side (interop/hf.py maps the params).
 """
@@ -20,11 +20,13 @@ import jax
 import ml_collections
 import numpy as np
 
+from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
 from t5x_lite import model_loading
 from t5x_lite import network
 from t5x_lite import objectives
+from t5x_lite import params_checkpoints
 from t5x_lite.model_config import ConfigError, ModelConfig
 
 
@@ -110,9 +112,9 @@ def read(path: str, check_fields: Optional[Callable[[Dict[str, Any]], Any]]
   fields = dataclasses.asdict(cfg)
   if check_fields is not None:
     check_fields(fields)
-  params = checkpoints.restore_params(where)
+  params = params_checkpoints.restore_params(where)
   params, dropped = _network_params(config, dict(params))
-  mismatch = checkpoints.describe_mismatch(params,
+  mismatch = checkpoint_inspection.describe_mismatch(params,
                                            network.abstract_params(cfg))
   if mismatch:
     raise SourceError(f'The params at {where} do not fit the model its saved '

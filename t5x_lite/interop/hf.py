@@ -30,8 +30,9 @@ A params-only checkpoint CKPT/ is an `ocp.StandardCheckpointer` directory of
 the tree {'params': params} (fp32, scanned or unrolled layout) plus
 CKPT/config.json: the full config (configs/default.py with the model fields
 of the checkpoint). `save_params_checkpoint` / `load_params_checkpoint` write
-and read it through checkpoints.save_params_only / read_params_only_config /
-restore_params (the one place that knows the layout);
+and read it through params_checkpoints.save_params_only /
+read_params_only_config / restore_params (the one place that knows the
+layout);
 `config.checkpoint.restore_from` can point at it.
 
 Errors a user can cause are one line on stderr: exit 2 for a directory or
@@ -50,6 +51,7 @@ import numpy as np
 from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
 from t5x_lite import network
+from t5x_lite import params_checkpoints
 from t5x_lite.interop import checkpoint_source
 # Reading an HF directory lives in hf_files; these names are hf's API too.
 from t5x_lite.interop.hf_files import InteropError
@@ -433,8 +435,9 @@ def _tuples(x):
 
 def save_params_checkpoint(ckpt_dir: str, params: Params, config) -> None:
   """CKPT/ = StandardCheckpointer({'params': params}) + CKPT/config.json
-  (checkpoints.save_params_only; CKPT must not exist)."""
-  checkpoints.save_params_only(ckpt_dir, _plain(params), config.to_dict())
+  (params_checkpoints.save_params_only; CKPT must not exist)."""
+  params_checkpoints.save_params_only(ckpt_dir, _plain(params),
+                                      config.to_dict())
 
 
 def load_params_checkpoint(ckpt_dir: str
@@ -444,14 +447,14 @@ def load_params_checkpoint(ckpt_dir: str
   JSON lists come back as the schema's tuples (mlp_activations, mesh.rules),
   so validation and ModelConfig agree.
   """
-  stored = checkpoints.read_params_only_config(ckpt_dir)
+  stored = params_checkpoints.read_params_only_config(ckpt_dir)
   if not stored:
     raise FileNotFoundError(
         f'{os.path.abspath(ckpt_dir)} has no config.json; export needs the '
         'model fields: import the checkpoint with `python -m '
         't5x_lite.interop.hf import`, or write its config.json by hand.')
   config = ml_collections.ConfigDict(_tuples(stored))
-  return config, checkpoints.restore_params(ckpt_dir)
+  return config, params_checkpoints.restore_params(ckpt_dir)
 
 
 # ---- CLI ---------------------------------------------------------------------

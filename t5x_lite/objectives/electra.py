@@ -56,13 +56,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from t5x_lite import checkpoints
 from t5x_lite import flops
 from t5x_lite import layers
 from t5x_lite import lengths
 from t5x_lite import losses
 from t5x_lite import models
 from t5x_lite import network
+from t5x_lite import params_checkpoints
 from t5x_lite.model_config import ConfigError, ModelConfig
 from t5x_lite.objectives import registry
 from t5x_lite.objectives import mlm
@@ -339,7 +339,7 @@ def discriminator_params(params):
 
 def export_discriminator(checkpoint_path: str, out_dir: str) -> str:
   """Writes the discriminator of an ELECTRA checkpoint as a params-only
-  checkpoint (checkpoints.save_params_only: params plus config.json when
+  checkpoint (params_checkpoints.save_params_only: params plus config.json when
   the run's is found) that
   `checkpoint.restore_from` reads into an encoder_only model (classifier
   fine-tuning: configs/finetune_classifier.py).
@@ -353,9 +353,11 @@ def export_discriminator(checkpoint_path: str, out_dir: str) -> str:
   out_dir = os.path.abspath(out_dir)
   if os.path.exists(out_dir):
     raise FileExistsError(f'{out_dir} exists; pick a new output directory.')
-  params = discriminator_params(checkpoints.restore_params(checkpoint_path))
-  return checkpoints.save_params_only(out_dir, jax.tree.map(np.asarray, params),
-                                      _plain_encoder_config(checkpoint_path))
+  params = discriminator_params(
+      params_checkpoints.restore_params(checkpoint_path))
+  return params_checkpoints.save_params_only(
+      out_dir, jax.tree.map(np.asarray, params),
+      _plain_encoder_config(checkpoint_path))
 
 
 def _plain_encoder_config(checkpoint_path: str):
