@@ -38,9 +38,13 @@ import textwrap
 import time
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
+
+from e2e_runs import jax_cache  # pylint: disable=unused-import  (a fixture)
+from e2e_runs import NEEDS_DATA
+from e2e_runs import subprocess_env
+from e2e_runs import tiny_config
 
 from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
@@ -50,11 +54,6 @@ from t5x_lite import params_checkpoints
 from t5x_lite import step_logging
 from t5x_lite import tasks
 from t5x_lite import workdir_lock
-
-try:
-  from t5x_lite.configs import local_tiny  # pylint: disable=g-import-not-at-top
-except ImportError:
-  from configs import local_tiny  # pylint: disable=g-import-not-at-top
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
@@ -74,58 +73,11 @@ OVERRIDES = (
 DIVERGE = ('optimizer.learning_rate=1e25', 'train.num_steps=30',
            'checkpoint.every_steps=1')
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(ROOT, 'data', 'cache', 'manifest.json'))
-    and not os.environ.get('T5X_LITE_DATA_DIR'),
-    reason='the shipped corpus is not built: run `make data`')
-
-
-def _parse(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return {'True': True, 'False': False}.get(value, value)
+pytestmark = NEEDS_DATA
 
 
 def _config(*extra):
-  c = local_tiny.get_config()
-  for item in OVERRIDES + extra:
-    key, value = item.split('=', 1)
-    *groups, leaf = key.split('.')
-    node = c
-    for g in groups:
-      node = node[g]
-    node[leaf] = _parse(value)
-  return c
-
-
-@pytest.fixture(scope='module')
-def jax_cache(tmp_path_factory):
-  """Persistent compilation cache for this module and its subprocesses."""
-  path = str(tmp_path_factory.mktemp('jax_cache'))
-  keys = ('jax_compilation_cache_dir',
-          'jax_persistent_cache_min_compile_time_secs',
-          'jax_persistent_cache_min_entry_size_bytes')
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  compilation_cache.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-def _env(jax_cache):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  return env
+  return tiny_config(OVERRIDES + extra)
 
 
 # The real entrypoint with a hook at one step: HOOK STEP ARG... then train's
@@ -170,8 +122,8 @@ def _hooked_cmd(kind, at, arg, arg2, workdir, *extra):
 
 
 def _run(cmd, jax_cache, timeout=400, **kw):
-  return subprocess.run(cmd, cwd=ROOT, env=_env(jax_cache), timeout=timeout,
-                        capture_output=True, text=True, **kw)
+  return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(jax_cache),
+                        timeout=timeout, capture_output=True, text=True, **kw)
 
 
 def _last_line(proc) -> str:
@@ -270,8 +222,8 @@ def test_second_trainer_exits_2_and_the_first_finishes_intact(
   marker, go = str(tmp_path / 'at_step_5'), str(tmp_path / 'go')
   first = subprocess.Popen(
       _hooked_cmd('pause', 5, marker, go, w, 'train.num_steps=12'), cwd=ROOT,
-      env=_env(jax_cache), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-      text=True)
+      env=subprocess_env(jax_cache), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
   try:
     deadline = time.time() + 300
     while not os.path.exists(marker):

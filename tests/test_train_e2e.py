@@ -24,11 +24,14 @@ import sys
 import textwrap
 
 import jax
-from jax.experimental.compilation_cache import compilation_cache
 import numpy as np
 import pytest
 
-from t5x_lite.configs import local_tiny
+from e2e_runs import jax_cache  # pylint: disable=unused-import  (a fixture)
+from e2e_runs import NEEDS_DATA
+from e2e_runs import subprocess_env
+from e2e_runs import tiny_config
+
 from t5x_lite import checkpoint_inspection
 from t5x_lite import loop
 from t5x_lite import metrics as metrics_lib
@@ -52,62 +55,15 @@ OVERRIDES = (
     'train.skip_nonfinite_updates=True',
 )
 
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(ROOT, 'data', 'cache', 'manifest.json'))
-    and not os.environ.get('T5X_LITE_DATA_DIR'),
-    reason='the shipped corpus is not built: run `make data`')
-
-
-def _parse(value: str):
-  for cast in (int, float):
-    try:
-      return cast(value)
-    except ValueError:
-      pass
-  return {'True': True, 'False': False}.get(value, value)
+pytestmark = NEEDS_DATA
 
 
 def _config(*extra):
-  c = local_tiny.get_config()
-  for item in OVERRIDES + extra:
-    key, value = item.split('=', 1)
-    *groups, leaf = key.split('.')
-    node = c
-    for g in groups:
-      node = node[g]
-    node[leaf] = _parse(value)
-  return c
+  return tiny_config(OVERRIDES + extra)
 
 
 def _flags(*extra):
   return [f'--config.{o}' for o in OVERRIDES + extra]
-
-
-@pytest.fixture(scope='module')
-def jax_cache(tmp_path_factory):
-  """Persistent compilation cache for this module and its subprocesses."""
-  path = str(tmp_path_factory.mktemp('jax_cache'))
-  keys = ('jax_compilation_cache_dir',
-          'jax_persistent_cache_min_compile_time_secs',
-          'jax_persistent_cache_min_entry_size_bytes')
-  old = {k: getattr(jax.config, k) for k in keys}
-  jax.config.update('jax_compilation_cache_dir', path)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
-  jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
-  compilation_cache.reset_cache()
-  yield path
-  for k, v in old.items():
-    jax.config.update(k, v)
-  compilation_cache.reset_cache()
-
-
-def _env(jax_cache):
-  env = dict(os.environ)
-  env.update(JAX_COMPILATION_CACHE_DIR=jax_cache,
-             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-             JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  return env
 
 
 # Runs the real entrypoint with a hook that signals this process at a step
@@ -138,8 +94,8 @@ def _train_cmd(workdir, *extra):
 
 
 def _run(cmd, jax_cache, timeout=300):
-  return subprocess.run(cmd, cwd=ROOT, env=_env(jax_cache), timeout=timeout,
-                        capture_output=True, text=True)
+  return subprocess.run(cmd, cwd=ROOT, env=subprocess_env(jax_cache),
+                        timeout=timeout, capture_output=True, text=True)
 
 
 def _losses(workdir):
