@@ -502,16 +502,41 @@ class _QuietLibraries(py_logging.Filter):
 _FILTER = _QuietLibraries()
 
 
+def _library_unraisable(unraisable) -> bool:
+  """An exception Python could only ignore, raised inside Orbax/TensorStore's
+  asyncio reads (an abandoned coroutine of a failed restore, 'Event loop is
+  closed' at exit): the failure itself is already reported in one line."""
+  frames = traceback.extract_tb(unraisable.exc_traceback)
+  names = [f.filename.replace(os.sep, '/') for f in frames]
+  return ('coroutine' in repr(unraisable.object) or any(
+      '/orbax/' in n or '/asyncio/' in n or '/tensorstore/' in n
+      for n in names))
+
+
+def _quiet_unraisablehook(unraisable):
+  if _library_unraisable(unraisable):
+    # Each one prints a traceback and a TensorStore spec (hundreds of lines)
+    # when the garbage collector happens to finalise it: debug level only.
+    logging.debug('Ignored in %r: %s', unraisable.object,
+                  str(unraisable.exc_value).strip().splitlines()[:1])
+  else:
+    sys.__unraisablehook__(unraisable)
+
+
 def quiet_libraries(verbose: bool = False):
   """Installs (or, verbose, removes) the library log filter on absl's
-  handler, which Python logging's root logger feeds too (JAX's loggers)."""
+  handler, which Python logging's root logger feeds too (JAX's loggers), and
+  the hook that keeps Orbax's ignored coroutine errors at debug level."""
   global _VERBOSE
   _VERBOSE = verbose
   handler = logging.get_absl_handler()
   if verbose:
     handler.removeFilter(_FILTER)
-  elif _FILTER not in handler.filters:
-    handler.addFilter(_FILTER)
+    sys.unraisablehook = sys.__unraisablehook__
+  else:
+    if _FILTER not in handler.filters:
+      handler.addFilter(_FILTER)
+    sys.unraisablehook = _quiet_unraisablehook
 
 
 @contextlib.contextmanager
