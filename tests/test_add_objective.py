@@ -12,13 +12,11 @@ import jax
 import numpy as np
 import pytest
 
+from one_device_step import train_state_and_step
+
 from t5x_lite.configs import local_tiny
 from t5x_lite import config as config_lib
 from t5x_lite import objectives
-from t5x_lite import optimizers
-from t5x_lite import partitioning
-from t5x_lite import run_config
-from t5x_lite import trainer
 
 tasks = pytest.importorskip('t5x_lite.tasks')
 pytestmark = pytest.mark.skipif(not tasks.corpora.is_built('shakespeare'),
@@ -76,17 +74,7 @@ def test_its_batches_delete_about_15_percent_in_order(config):
 
 def test_the_normal_train_step_trains_it(config):
   batch = next(tasks.get_dataset(config, 'train', batch_size=8, seed=0))
-  model = objectives.build_model(config)
-  tx, schedule = optimizers.make_optimizer(
-      run_config.OptimizerConfig.from_config(config))
-  mesh = partitioning.make_mesh(config.mesh, jax.devices()[:1])
-  rules = partitioning.logical_rules(config.mesh.rules)
-  state, shardings = trainer.create_train_state(
-      model, tx, mesh, rules, dict(config.task.feature_lengths),
-      jax.random.PRNGKey(0))
-  step = trainer.make_train_step(
-      model, tx, run_config.StepConfig.from_config(config), mesh, rules,
-      shardings, partitioning.batch_sharding(mesh, rules), schedule=schedule)
+  state, step = train_state_and_step(config)
   losses = []
   for _ in range(8):
     state, m = step(state, batch, jax.random.PRNGKey(1))

@@ -10,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from one_device_step import train_state_and_step
+
 from t5x_lite.configs import default
 from t5x_lite.configs import models as sizes
 from t5x_lite import objectives
@@ -17,10 +19,6 @@ from t5x_lite.objectives import electra
 from t5x_lite import flops
 from t5x_lite import losses
 from t5x_lite import models
-from t5x_lite import optimizers
-from t5x_lite import partitioning
-from t5x_lite import run_config
-from t5x_lite import trainer
 
 VOCAB, LEN, BATCH, MASK = 64, 16, 4, 63
 
@@ -199,17 +197,7 @@ def test_loss_is_mlm_plus_weighted_rtd_and_metrics_add_up(model_and_params):
 def test_train_steps_with_microbatches_fall_and_log_electra_metrics():
   c = _config()
   c.train.microbatches = 2  # the accumulation carry holds ELECTRA's sums
-  model = objectives.build_model(c)
-  tx, schedule = optimizers.make_optimizer(
-      run_config.OptimizerConfig.from_config(c))
-  mesh = partitioning.make_mesh(c.mesh, jax.devices()[:1])
-  rules = partitioning.logical_rules(c.mesh.rules)
-  state, shardings = trainer.create_train_state(
-      model, tx, mesh, rules, dict(c.task.feature_lengths),
-      jax.random.PRNGKey(0))
-  step = trainer.make_train_step(
-      model, tx, run_config.StepConfig.from_config(c), mesh, rules,
-      shardings, partitioning.batch_sharding(mesh, rules), schedule=schedule)
+  state, step = train_state_and_step(c)
   batch = _batch()
   hist = []
   for _ in range(12):

@@ -15,13 +15,12 @@ import jax
 import numpy as np
 import pytest
 
+from one_device_step import train_state_and_step
+
 from t5x_lite import config as config_lib
 from t5x_lite import models
 from t5x_lite import objectives
-from t5x_lite import optimizers
 from t5x_lite import partitioning
-from t5x_lite import run_config
-from t5x_lite import trainer
 
 tasks = pytest.importorskip('t5x_lite.tasks')
 corpora = tasks.corpora
@@ -83,17 +82,7 @@ def test_config_trains_with_falling_loss(name):
   arch, task = CONFIGS[name]
   assert (c.model.arch, c.task.name) == (arch, task)
   batch = _first_batch(name, c)
-  model = objectives.build_model(c)
-  tx, schedule = optimizers.make_optimizer(
-      run_config.OptimizerConfig.from_config(c))
-  mesh = partitioning.make_mesh(c.mesh, jax.devices()[:1])
-  rules = partitioning.logical_rules(c.mesh.rules)
-  state, shardings = trainer.create_train_state(
-      model, tx, mesh, rules, dict(c.task.feature_lengths),
-      jax.random.PRNGKey(0))
-  step = trainer.make_train_step(
-      model, tx, run_config.StepConfig.from_config(c), mesh, rules,
-      shardings, partitioning.batch_sharding(mesh, rules), schedule=schedule)
+  state, step = train_state_and_step(c)
   loss = []
   for _ in range(STEPS):
     state, m = step(state, batch, jax.random.PRNGKey(1))
