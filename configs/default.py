@@ -110,6 +110,10 @@ def get_config(arg=None):
       keep=3,  # newest N checkpoints are kept
       async_save=True,
       restore_from='',  # params-only init from this checkpoint dir (fine-tuning)
+      # with restore_from: param path prefixes (comma-separated, e.g.
+      # 'classifier') initialised fresh instead of restored; the objective's
+      # own new heads (Objective.fresh_params) are always fresh
+      fresh_params='',
   ))
 
   # ---- eval -------------------------------------------------------------------
@@ -132,6 +136,17 @@ def get_config(arg=None):
       max_decode_length=64,
       seed=0,
       eos_id=1,  # ends a decode; 1 for T5/SentencePiece vocabularies
+  ))
+
+  # ---- adversarial training on the embeddings (t5x_lite/adversarial.py) ----
+  c.adversarial = ml_collections.ConfigDict(dict(
+      method='',  # '' (off) | fgm | pgd (FreeLB-style: params grads of every ascent step)
+      epsilon=1.0,  # radius of the perturbation: l2 per example's [len, embed], or linf
+      steps=1,  # pgd ascent steps (fgm: 1); each is one more forward+backward
+      step_size=0.0,  # pgd ascent step (alpha); 0: epsilon
+      norm='l2',  # l2 (over each example's embedded sequence) | linf (per element)
+      weight=1.0,  # loss = clean + weight * adversarial
+      perturb_decoder=False,  # encoder-decoder: also the decoder's input embeddings
   ))
 
   # ---- multi-host (jax.distributed); empty means single process or auto-detect ----

@@ -10,6 +10,17 @@ random, 10% kept; the loss is the MLM cross entropy on the selected ones
 (logits tied to the token embedding). Fine-tune the result for
 classification with configs/finetune_classifier.py
 (--config.checkpoint.restore_from=/tmp/bert_tiny).
+
+`nsp` (tiny) or `<size>_nsp` trains BERT's full objective instead, MLM +
+next-sentence prediction (objectives/nsp.py), on shakespeare_mlm_nsp pairs
+`[CLS] A [SEP] B [SEP]` (tasks/sentence_pairs.py) with segment embeddings
+(model.type_vocab_size=2):
+
+    python -m t5x_lite.train --config=configs/pretrain_bert.py:nsp \
+        --workdir=/tmp/bert_nsp
+
+Its classifier needs the same segment table to restore it: add
+--config.model.type_vocab_size=2 to the fine-tuning command.
 """
 from t5x_lite.configs import default
 from t5x_lite.configs import models
@@ -25,9 +36,12 @@ RECIPES = {
 
 def get_config(size='tiny'):
   size = size or 'tiny'
+  nsp = size == 'nsp' or size.endswith('_nsp')
+  if nsp:
+    size = size[:-len('_nsp')] if size != 'nsp' else 'tiny'
   if size not in RECIPES:
     raise ValueError(f'pretrain_bert size {size!r}: use one of '
-                     f'{", ".join(RECIPES)}.')
+                     f'{", ".join(RECIPES)}, nsp or <size>_nsp.')
   length, batch, steps, lr = RECIPES[size]
   c = default.get_config()
   models.apply_size(c, f'encoder_{size}')
@@ -47,4 +61,8 @@ def get_config(size='tiny'):
   c.eval.every_steps = max(100, steps // 10)
   c.eval.num_batches = 8
   c.checkpoint.every_steps = max(500, steps // 10)
+  if nsp:
+    c.task.name = 'shakespeare_mlm_nsp'  # one pair per row, never packed
+    c.task.pack = False
+    c.model.type_vocab_size = 2  # segment A / B embeddings
   return c

@@ -12,7 +12,7 @@ causally. GLM's 2D positions: decoder_positions (part B: its [MASK]'s
 position) drive the relative position bias, which is bidirectional for GLM
 models so part B tells left from right context; decoder_block_positions
 (the index inside the span) index a learned embedding of
-model.num_block_positions rows added to part-B tokens (network.Decoder).
+model.num_block_positions rows added to part-B tokens (stacks.Decoder).
 Sample infillings with scripts/sample_generations.py.
 """
 from t5x_lite.configs import default

@@ -288,9 +288,7 @@ def config_from_file(spec: str) -> ml_collections.ConfigDict:
   """get_config(ARG) of FILE for --config=FILE[:ARG]; every failure (no such
   file, a syntax error, an exception while it runs) is one line, exit 2."""
   file, sep, arg = spec.partition(':')
-  resolve = getattr(config_lib, 'resolve_config_file', None)
-  if resolve is not None:
-    file = resolve(file)
+  file = config_lib.resolve_config_file(file)
   if not os.path.isfile(file):
     fail(f'--config {file}: no such file (relative to {os.getcwd()}).'
          f'{_packaged_configs()}')
@@ -432,13 +430,10 @@ def import_task_modules(config):
 
 def enable_compile_cache(config):
   """XLA's persistent compilation cache at config.compile.cache_dir
-  (t5x_lite/compile_cache.py), where both exist."""
-  try:
-    from t5x_lite import compile_cache  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return
-  if (hasattr(compile_cache, 'enable') and 'compile' in config and
-      'cache_dir' in config.compile):
+  (t5x_lite/compile_cache.py); a config saved before the key existed has
+  none."""
+  from t5x_lite import compile_cache  # pylint: disable=g-import-not-at-top
+  if 'compile' in config and 'cache_dir' in config.compile:
     compile_cache.enable(config.compile.cache_dir)
 
 

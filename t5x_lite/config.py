@@ -14,6 +14,7 @@ from typing import Any
 
 import ml_collections
 
+from t5x_lite import adversarial
 from t5x_lite import lengths
 from t5x_lite import objectives
 from t5x_lite import partitioning
@@ -260,6 +261,7 @@ def validate(config, num_devices=None):
   _check_keys(config, default_config())
   _check_model(config.model)
   _check_objective(config)
+  adversarial.check(config)  # config.adversarial
   _check_cudnn_lengths(config)
   _check_train(config)
   if num_devices is None:

@@ -3,6 +3,12 @@
     results = evaluation.evaluate(config, workdir)             # eval.py
     metrics, n = evaluation.teacher_forced(eval_step, params, batches)
 
+A stream task (Transformer-XL, tasks/streams.py) reports instead of step 1
+the validation perplexity over its validation streams with the memory
+carried from segment to segment and with it cleared at every segment, at the
+same segment length (`StreamEval`: eval/ppl_with_memory, eval/ppl_no_memory;
+the training loop's periodic eval uses it too).
+
 `evaluate` restores the params (model_loading.load_model: the newest usable
 step of workdir/checkpoints, or an explicit checkpoint: a step dir, a
 checkpoints dir or an HF-imported params-only dir), then on
@@ -23,6 +29,7 @@ t5x_lite/tasks/evaluator.py, imported when an evaluation runs.
 """
 import itertools
 import json
+import math
 import os
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
@@ -32,9 +39,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from t5x_lite import batches as batches_lib
+from t5x_lite import memory as memory_lib
 from t5x_lite import metrics as metrics_lib
 from t5x_lite import model_loading
 from t5x_lite import models
+from t5x_lite import partitioning
+from t5x_lite import trainer
 from t5x_lite.predictor import Predictor
 
 RESULTS_FILE = 'eval_results.json'
@@ -69,12 +79,106 @@ def teacher_forced(eval_step: Callable[[Any, Batch], Dict[str, jax.Array]],
   return {k: float(v) for k, v in m.items()}, n
 
 
+def _ppl(loss: float) -> float:
+  return math.exp(loss) if loss < 700 else float('inf')
+
+
+def _float_weights(batch):
+  return {k: (np.asarray(v, np.float32) if k.endswith('loss_weights') else v)
+          for k, v in batch.items()}
+
+
+class StreamEval:
+  """Validation perplexity over a stream task's segments (host batches in
+  stream order), with the memory and with it cleared at every segment.
+
+    stream_eval = StreamEval.build(model, mesh, rules, param_shardings,
+                                   batch_sharding, eval_step, batches,
+                                   global_batch)
+    stream_eval.evaluate(params) -> {loss, accuracy, ..., ppl_with_memory,
+                                     ppl_no_memory, loss_no_memory, batches}
+
+  loss/accuracy are the memory-carrying ones. A model without memory
+  (model.memory_length=0) reports ppl_no_memory only.
+  """
+
+  def __init__(self, eval_step, memory_step, batches, batch_sharding,
+               empty_memory):
+    self.eval_step = eval_step
+    self.memory_step = memory_step
+    self.batches = batches
+    self.batch_sharding = batch_sharding
+    self.empty_memory = empty_memory
+
+  @classmethod
+  def build(cls, model, mesh, rules, params_shardings, batch_sharding,
+            eval_step, batches, global_batch: int) -> 'StreamEval':
+    memory_step = empty = None
+    if memory_lib.carries_memory(model):
+      shardings = trainer.memory_shardings(
+          mesh, rules, model.abstract_memory(global_batch))
+      memory_step = trainer.make_memory_eval_step(
+          model, mesh, rules, params_shardings, batch_sharding, shardings)
+      empty = jax.jit(lambda: model.init_memory(global_batch),
+                      out_shardings=shardings)()
+    return cls(eval_step, memory_step, batches, batch_sharding, empty)
+
+  def evaluate(self, params) -> Dict[str, float]:
+    placed = (partitioning.shard_batch(_float_weights(b), self.batch_sharding)
+              for b in self.batches)
+    if self.memory_step is None:
+      m, n = teacher_forced(self.eval_step, params, placed)
+      if not n:
+        return {}
+      return dict(m, ppl_no_memory=_ppl(m['loss']), batches=n)
+    carried = cleared = None
+    memory, n = self.empty_memory, 0
+    add = lambda t, s: s if t is None else jax.tree.map(jnp.add, t, s)
+    for batch in placed:
+      sums, memory = self.memory_step(params, batch, memory)
+      carried = add(carried, sums)
+      sums, _ = self.memory_step(params, batch, self.empty_memory)
+      cleared = add(cleared, sums)
+      n += 1
+    if not n:
+      return {}
+    with_m = jax.device_get(models.finalize_metrics(carried))
+    without = jax.device_get(models.finalize_metrics(cleared))
+    out = {k: float(v) for k, v in with_m.items()}
+    out.update(loss_no_memory=float(without['loss']),
+               accuracy_no_memory=float(without['accuracy']),
+               ppl_with_memory=_ppl(out['loss']),
+               ppl_no_memory=_ppl(float(without['loss'])), batches=n)
+    return out
+
+
+def stream_metrics(predictor: Predictor, config) -> Dict[str, float]:
+  """StreamEval over eval.num_batches segments of task.eval_split's
+  streams (-1: each segment once), eval batch size streams."""
+  from t5x_lite.tasks import streams  # pylint: disable=g-import-not-at-top
+  num_batches = int(config.eval.num_batches)
+  if num_batches == 0:
+    return {}
+  size = batches_lib.eval_batch_size(config, predictor.num_shards)
+  ds = streams.get_stream_dataset(config, config.task.eval_split,
+                                  batch_size=size,
+                                  num_epochs=1 if num_batches < 0 else None)
+  ds = list(itertools.islice(ds, num_batches if num_batches > 0 else None))
+  return StreamEval.build(
+      predictor.model, predictor.mesh, predictor.rules,
+      predictor.param_shardings, predictor.batch_sharding,
+      predictor.eval_step(), ds, size).evaluate(predictor.params)
+
+
 def teacher_forced_metrics(predictor: Predictor, config) -> Dict[str, float]:
   """eval/{loss,accuracy,z_loss,num_tokens} over eval.num_batches batches of
   task.eval_split (-1: the whole split), as the training loop computes them,
   plus the objective's own metrics (ELECTRA: disc_accuracy,
   disc_baseline_accuracy, replaced_rate, ...)."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  from t5x_lite.tasks import streams  # pylint: disable=g-import-not-at-top
+  if streams.is_stream_task(config.task.name):
+    return stream_metrics(predictor, config)
   num_batches = int(config.eval.num_batches)
   if num_batches == 0:
     return {}

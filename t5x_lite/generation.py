@@ -359,3 +359,53 @@ def predict_with_features(model, params, batch: Mapping[str, Any],
   feats = {k: jnp.asarray(v) for k, v in batch.items()}
   _check_feature_batch(model, feats)
   return _predict_features_jit(model, s, params, feats, rng)
+
+
+# ---- Transformer-XL: greedy decoding that carries the memory -----------------
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _segment_with_memory(model, params, tokens, memory):
+  """(logits [batch, seg, vocab], next memory) of one segment."""
+  return model.apply(params, {'decoder_input_tokens': tokens}, memory=memory)
+
+
+def generate_with_memory(model, params, prompt, num_tokens: int,
+                         segment_length: int):
+  """Greedy continuation of `prompt` [batch, P] (P >= 1, no padding) by a
+  model that carries a Transformer-XL memory (memory.carries_memory).
+
+  The prompt is read segment by segment (segment_length tokens each), every
+  full segment moving into the memory as in training; the open segment then
+  grows one greedy token at a time, its forward rerun over the segment (the
+  memory has no KV cache), and moves into the memory when it is full. The
+  model thus sees up to memory_length + segment_length tokens of context;
+  with a prompt and continuation that fit, the tokens equal greedy decoding
+  of the whole sequence without memory (tests/test_transformer_xl.py).
+  Returns int32 [batch, num_tokens].
+  """
+  prompt = jnp.asarray(prompt, jnp.int32)
+  batch, length = prompt.shape
+  if length < 1:
+    raise ValueError('generate_with_memory needs a prompt of >= 1 token.')
+  seg = int(segment_length)
+  memory = model.init_memory(batch)
+  # Full prompt segments into the memory; the last (1..seg tokens) stays open
+  # so its last position's logits give the first new token.
+  committed = (length - 1) // seg
+  for i in range(committed):
+    _, memory = _segment_with_memory(model, params,
+                                     prompt[:, i * seg:(i + 1) * seg], memory)
+  open_tokens = prompt[:, committed * seg:]
+  out = []
+  for _ in range(int(num_tokens)):
+    n = open_tokens.shape[1]
+    padded = jnp.pad(open_tokens, ((0, 0), (0, seg - n)))  # causal: unseen
+    logits, next_memory = _segment_with_memory(model, params, padded, memory)
+    token = jnp.argmax(logits[:, n - 1], axis=-1).astype(jnp.int32)
+    out.append(token)
+    if n == seg:  # the segment is full: it becomes the memory
+      memory, open_tokens = next_memory, token[:, None]
+    else:
+      open_tokens = jnp.concatenate([open_tokens, token[:, None]], axis=1)
+  return jnp.stack(out, axis=1)

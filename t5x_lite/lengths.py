@@ -10,6 +10,10 @@ lengths. Two views of them:
     blank_infilling  {targets: I + T}   one sequence, 2D positions
     masked_tokens    {inputs: I, targets: I}   aligned, same length
     pooled_label     {inputs: I}
+    masked_token_pairs {inputs: I, targets: I}  [CLS] A [SEP] B [SEP], unpacked (NSP)
+    token_labels     {inputs: I, token_labels: I}   a label per token
+    span             {inputs: I, context_mask: I}   + start/end positions
+    sentences        {targets: I}  one text per row, unpacked (contrastive)
   random_spans_helper(I, ...)  T5's rule for span corruption: the raw chunk
                              length whose corrupted inputs fill I, and the
                              targets length they need (512 -> 568, 114)
@@ -29,6 +33,10 @@ LAYOUT_LENGTHS = {
     'blank_infilling': lambda i, t: {'targets': i + t},
     'masked_tokens': lambda i, t: {'inputs': i, 'targets': i},
     'pooled_label': lambda i, t: {'inputs': i},
+    'masked_token_pairs': lambda i, t: {'inputs': i, 'targets': i},
+    'token_labels': lambda i, t: {'inputs': i, 'token_labels': i},
+    'span': lambda i, t: {'inputs': i, 'context_mask': i},
+    'sentences': lambda i, t: {'targets': i},
 }
 LAYOUTS = tuple(LAYOUT_LENGTHS)
 # arch -> {model length: the task.feature_lengths it is made of}

@@ -135,15 +135,21 @@ class PeriodicEval:
   """
 
   def __init__(self, eval_step: Callable, batches: Iterable[Dict[str, Any]],
-               batch_sharding, writer):
+               batch_sharding, writer, stream_eval=None):
     self.eval_step = eval_step
     self.batches = batches
     self.batch_sharding = batch_sharding
     self.writer = writer
+    # A stream task's evaluation.StreamEval (perplexity with and without
+    # the Transformer-XL memory) replaces the teacher-forced sums.
+    self.stream_eval = stream_eval
     self.last: Dict[str, float] = {}
 
   def evaluate(self, params) -> Dict[str, float]:
     """{'eval/<metric>': value, 'eval/batches': n}; {} without batches."""
+    if self.stream_eval is not None:
+      return {f'eval/{k}': v for k, v in
+              self.stream_eval.evaluate(params).items()}
     placed = (partitioning.shard_batch(_float_weights(b), self.batch_sharding)
               for b in self.batches)
     # loss, accuracy, z_loss, num_tokens and any objective-specific metric.
@@ -167,6 +173,11 @@ class PeriodicEval:
                    '%.1fs)', step, result['eval/loss'],
                    result['eval/accuracy'], result['eval/batches'],
                    time.perf_counter() - t0)
+      ppl = {k[len('eval/ppl_'):]: v for k, v in result.items()
+             if k.startswith('eval/ppl_')}
+      if ppl:  # a stream task's perplexities (with / without the memory)
+        logging.info('eval step %d: perplexity %s', step, '  '.join(
+            f'{v:.2f} ({k.replace("_", " ")})' for k, v in sorted(ppl.items())))
       if not np.isfinite(result['eval/loss']):
         raise NonFiniteError(
             f'Step {step}: the eval loss is {result["eval/loss"]} on '
@@ -421,7 +432,8 @@ def _train(config, workdir: str, hooks: Sequence[Hook],
       max_skipped=int(config.train.get('max_skipped_steps', 0)),
       start_step=run.start_step)
   periodic_eval = PeriodicEval(run.eval_step, run.eval_data,
-                               run.batch_sharding, writer)
+                               run.batch_sharding, writer,
+                               stream_eval=run.stream_eval)
   failed_write = False
   try:
     step, preempted = _run_steps(run, logger, periodic_eval, saving, hooks,

@@ -128,3 +128,40 @@ def binary_cross_entropy_with_logits(
   weight_sum = jnp.sum(weights)
   loss = jnp.sum(token_loss * weights)
   return normalize(loss, weight_sum, loss_normalizing_factor), weight_sum
+
+
+def info_nce(queries: jax.Array, keys: jax.Array, temperature: float,
+             weights: Optional[jax.Array] = None
+             ) -> Tuple[jax.Array, jax.Array, jax.Array]:
+  """InfoNCE with in-batch negatives (SimCSE's loss), one way: queries -> keys.
+
+  Row i of `keys` is the positive of query i; every other real row of `keys`
+  is a negative. Similarity is cosine / temperature. One-way as in SimCSE's
+  code (the cross entropy of query i over all keys); the symmetric variant
+  would average this with the keys -> queries direction.
+
+  Args:
+    queries: [batch, dim] embeddings (any scale: L2-normalised here).
+    keys: [batch, dim] embeddings, aligned with queries.
+    temperature: tau > 0 (SimCSE: 0.05).
+    weights: [batch] 1 for real rows, 0 for padding rows (they are neither
+      scored nor used as negatives); None means all 1.
+  Returns:
+    (loss summed over weighted rows, rows whose positive scores highest of
+    all keys (in-batch retrieval hits), weight sum).
+  """
+  q = queries.astype(jnp.float32)
+  k = keys.astype(jnp.float32)
+  q = q / jnp.maximum(jnp.linalg.norm(q, axis=-1, keepdims=True), 1e-12)
+  k = k / jnp.maximum(jnp.linalg.norm(k, axis=-1, keepdims=True), 1e-12)
+  weights = _weights(weights, q.shape[:1])
+  # [batch, dim] x [batch, dim] -> [batch (queries), batch (keys)]
+  sim = jnp.einsum('qd,kd->qk', q, k) / temperature
+  # A padding row must not be anyone's negative.
+  sim = jnp.where(weights[None, :] > 0, sim, -1e9)
+  log_p = jax.nn.log_softmax(sim, axis=-1)  # [batch, batch]
+  row_loss = -jnp.diagonal(log_p)  # [batch]
+  hits = (jnp.argmax(sim, axis=-1) == jnp.arange(sim.shape[0]))
+  weight_sum = jnp.sum(weights)
+  return (jnp.sum(row_loss * weights),
+          jnp.sum(hits.astype(jnp.float32) * weights), weight_sum)

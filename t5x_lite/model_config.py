@@ -69,6 +69,15 @@ class ModelConfig:
   num_block_positions: int = _field(
       0, 'decoder_only: learned table of a second (intra-span) position, '
       'as blank infilling uses; 0: none')
+  num_token_labels: int = _field(
+      3, "encoder_only per-token tagging head's labels (O, B-, I-)")
+  type_vocab_size: int = _field(
+      0, 'encoder_only: segment (token-type) embeddings added to the token '
+      'embeddings, and the next-sentence head (BERT: 2); 0: none')
+  memory_length: int = _field(
+      0, 'decoder_only: Transformer-XL memory, the cached hidden states of '
+      'the previous segment each layer attends to (configs/pretrain_txl.py);'
+      ' 0: off', structural=False)
 
   @classmethod
   def from_config(cls, model_cfg) -> 'ModelConfig':

@@ -28,7 +28,9 @@ EncoderOnly: token_embedder/, encoder/ as above, plus the heads' params
 mlm_dense/, mlm_norm/, mlm_bias [vocab] (head 'vocab'), rtd_dense/, rtd_out/
 (head 'binary'), pooler/, classifier/ (head 'pooled'); all created at init
 whichever head is asked for, so one tree serves every head. (The param names
-are BERT's and ELECTRA's, which interop/hf.py maps.)
+are BERT's and ELECTRA's, which interop/hf.py maps.) With
+model.type_vocab_size > 0 (BERT's sentence pairs, objectives/nsp.py) also
+token_type_embedder/embedding [type_vocab, embed] and nsp_head/ (head 'nsp').
 
 Decoding (T5X style), 'cache' collection:
   1. cache creation: apply(..., decode=True, mutable=['cache']) with a
@@ -53,266 +55,12 @@ import ml_collections
 from t5x_lite import layers
 from t5x_lite import model_config
 from t5x_lite.model_config import ModelConfig
-
-EMBED = ('batch', 'length', 'embed')
-
-REMAT_POLICIES = {
-    'full': lambda: jax.checkpoint_policies.nothing_saveable,
-    'save_dots': lambda: jax.checkpoint_policies.checkpoint_dots,
-    'save_dots_no_batch':
-        lambda: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
-    'save_attn_out':
-        lambda: jax.checkpoint_policies.save_only_these_names('attn_out'),
-}
-
-
-def _dtype(cfg: ModelConfig):
-  return jnp.dtype(cfg.dtype)
-
-
-# ---- masks -------------------------------------------------------------------
-# layers.AttentionMask, factored (key lengths, causal, segment ids, prefix):
-# the einsum path materialises it, the fused path passes each factor in the
-# form cuDNN skips work with (lengths, is_causal) instead of a dense mask.
-
-
-def encoder_mask(tokens, segment_ids=None):
-  """Keys that are real tokens (padding is trailing), in the query's segment
-  when packed."""
-  return layers.AttentionMask(kv_lengths=layers.key_lengths(tokens),
-                              q_segment_ids=segment_ids,
-                              kv_segment_ids=segment_ids)
-
-
-def decoder_mask(segment_ids=None, causal_attention=None):
-  """Causal (bidirectional on the prefix where causal_attention is 1).
-
-  Padding keys need no mask: a real query never sees a later position, and
-  packed padding has its own segment id 0. (The decoder's first input is BOS
-  = 0, so tokens > 0 would wrongly hide it.)
-  """
-  return layers.AttentionMask(causal=True, prefix=causal_attention,
-                              q_segment_ids=segment_ids,
-                              kv_segment_ids=segment_ids)
-
-
-def cross_mask(encoder_tokens, decoder_segment_ids=None,
-               encoder_segment_ids=None):
-  """Decoder queries -> real encoder tokens of the same segment."""
-  packed = decoder_segment_ids is not None and encoder_segment_ids is not None
-  return layers.AttentionMask(
-      kv_lengths=layers.key_lengths(encoder_tokens),
-      q_segment_ids=decoder_segment_ids if packed else None,
-      kv_segment_ids=encoder_segment_ids if packed else None)
-
-
-def _positions(positions, length):
-  if positions is None:
-    return jnp.arange(length, dtype=jnp.int32)[None]  # [1, len]
-  return positions.astype(jnp.int32)
-
-
-# ---- layers ------------------------------------------------------------------
-
-
-def _norm(cfg, name):
-  return layers.RMSNorm(cfg.layer_norm_epsilon, _dtype(cfg), name=name)
-
-
-def _attention(cfg, name, **kw):
-  return layers.MultiHeadDotProductAttention(
-      num_heads=cfg.num_heads, head_dim=cfg.head_dim, dtype=_dtype(cfg),
-      dropout_rate=cfg.dropout_rate, attention_impl=cfg.attention_impl,
-      name=name, **kw)
-
-
-def _mlp(cfg, x, deterministic):
-  return layers.MlpBlock(cfg.mlp_dim, tuple(cfg.mlp_activations), _dtype(cfg),
-                         cfg.dropout_rate, name='mlp')(x, deterministic)
-
-
-class EncoderLayer(nn.Module):
-  """Self-attention + MLP, each pre-normed with a residual."""
-  config: ModelConfig
-  deterministic: bool = True
-  scanned: bool = False  # nn.scan wants (carry, out)
-
-  @nn.compact
-  def __call__(self, x, mask, bias):
-    cfg, det = self.config, self.deterministic
-    drop = nn.Dropout(cfg.dropout_rate)
-    y = _norm(cfg, 'pre_attention_layer_norm')(x)
-    y = _attention(cfg, 'attention')(y, y, mask, bias, deterministic=det)
-    x = x + drop(y, deterministic=det)
-    y = _norm(cfg, 'pre_mlp_layer_norm')(x)
-    x = x + drop(_mlp(cfg, y, det), deterministic=det)
-    x = nn.with_logical_constraint(x, EMBED)
-    return (x, None) if self.scanned else x
-
-
-class DecoderLayer(nn.Module):
-  """Causal self-attention (+ cross-attention to `encoded`) + MLP."""
-  config: ModelConfig
-  deterministic: bool = True
-  decode: bool = False
-  prefill: bool = False
-  cross_attention: bool = True
-  scanned: bool = False
-
-  @nn.compact
-  def __call__(self, x, mask, bias, encoded, enc_dec_mask, prefill_lengths):
-    cfg, det = self.config, self.deterministic
-    drop = nn.Dropout(cfg.dropout_rate)
-    y = _norm(cfg, 'pre_self_attention_layer_norm')(x)
-    y = _attention(cfg, 'self_attention')(
-        y, y, mask, bias, deterministic=det, decode=self.decode,
-        prefill=self.prefill, prefill_lengths=prefill_lengths)
-    x = x + drop(y, deterministic=det)
-    if self.cross_attention:
-      y = _norm(cfg, 'pre_cross_attention_layer_norm')(x)
-      y = _attention(cfg, 'encoder_decoder_attention',
-                     is_cross_attention=True)(
-                         y, encoded, enc_dec_mask, None, deterministic=det,
-                         decode=self.decode)
-      x = x + drop(y, deterministic=det)
-    y = _norm(cfg, 'pre_mlp_layer_norm')(x)
-    x = x + drop(_mlp(cfg, y, det), deterministic=det)
-    x = nn.with_logical_constraint(x, EMBED)
-    return (x, None) if self.scanned else x
-
-
-def _run_layers(layer_cls, cfg: ModelConfig, num_layers: int, x, *args,
-                **attrs):
-  """Applies num_layers layers (scanned or unrolled, rematted per policy).
-
-  Must be called inside a compact method: the layers become children of
-  that module ('layers' or 'layers_<i>').
-  """
-  cls = layer_cls
-  if cfg.remat_policy != 'none':
-    cls = nn.remat(cls, policy=REMAT_POLICIES[cfg.remat_policy](),
-                   prevent_cse=not cfg.scan_layers)
-  if cfg.scan_layers:
-    stack = nn.scan(
-        cls,
-        variable_axes={'params': 0, 'cache': 0},
-        split_rngs={'params': True, 'dropout': True},
-        in_axes=(nn.broadcast,) * len(args),
-        length=num_layers,
-        metadata_params={nn.PARTITION_NAME: 'layers'})
-    x, _ = stack(cfg, scanned=True, name='layers', **attrs)(x, *args)
-    return x
-  for i in range(num_layers):
-    x = cls(cfg, name=f'layers_{i}', **attrs)(x, *args)
-  return x
-
-
-# ---- stacks ------------------------------------------------------------------
-
-
-class Encoder(nn.Module):
-  """Token embedding -> layers -> final RMSNorm. Returns [batch, len, embed]."""
-  config: ModelConfig
-  shared_embedding: nn.Module
-
-  @nn.compact
-  def __call__(self, tokens, segment_ids=None, positions=None, *,
-               enable_dropout=False):
-    cfg, det = self.config, not enable_dropout
-    drop = nn.Dropout(cfg.dropout_rate)
-    x = drop(self.shared_embedding(tokens.astype(jnp.int32)), deterministic=det)
-    x = nn.with_logical_constraint(x, EMBED)
-    pos = _positions(positions, tokens.shape[1])
-    bias = layers.RelativePositionBiases(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=True, name='relpos_bias')(pos, pos)
-    x = _run_layers(EncoderLayer, cfg, cfg.num_encoder_layers, x,
-                    encoder_mask(tokens, segment_ids), bias, deterministic=det)
-    x = drop(_norm(cfg, 'encoder_norm')(x), deterministic=det)
-    return nn.with_logical_constraint(x, EMBED)
-
-
-class Decoder(nn.Module):
-  """Embedding -> causal layers -> RMSNorm -> float32 logits [b, len, vocab]."""
-  config: ModelConfig
-  shared_embedding: nn.Module
-  cross_attention: bool = True
-
-  def _decode_length(self, length, max_decode_length):
-    """Cache length for decode mode: the input's in the creation pass, else
-    max_decode_length or the length of the existing cache."""
-    if length > 1:
-      if max_decode_length is not None and max_decode_length != length:
-        raise ValueError(
-            f'The decode=True cache-creation input has length {length} but '
-            f'max_decode_length={max_decode_length}; make them equal.')
-      return length
-    cache = self.variables.get('cache', {})
-    lengths = {leaf.shape[-3] for path, leaf in
-               jax.tree_util.tree_flatten_with_path(cache)[0]
-               if 'self_attention' in jax.tree_util.keystr(path) and
-               'cached_key' in jax.tree_util.keystr(path)}
-    if not lengths:
-      return max_decode_length or length
-    cache_len = lengths.pop()
-    if max_decode_length is not None and max_decode_length != cache_len:
-      raise ValueError(f'max_decode_length={max_decode_length} but the cache '
-                       f'was created for {cache_len} positions.')
-    return cache_len
-
-  @nn.compact
-  def __call__(self, tokens, encoded=None, enc_dec_mask=None,
-               segment_ids=None, positions=None, causal_attention=None,
-               block_positions=None, *, enable_dropout=False, decode=False,
-               prefill=False, prefill_lengths=None, max_decode_length=None):
-    cfg, det = self.config, not enable_dropout
-    drop = nn.Dropout(cfg.dropout_rate)
-    length = tokens.shape[1]
-    x = self.shared_embedding(tokens.astype(jnp.int32))
-    if cfg.num_block_positions > 0:
-      # GLM's second position (intra-span index, 0 on part A): a learned
-      # embedding added to part-B tokens. `positions` (the span's [MASK]
-      # position) drive the relative bias as usual, so part-B tokens of one
-      # span differ only by this. Larger indices share the last row.
-      table = layers.Embed(cfg.num_block_positions, cfg.emb_dim,
-                           dtype=_dtype(cfg), name='block_position_embedder')
-      bp = (jnp.zeros_like(tokens, jnp.int32) if block_positions is None
-            else block_positions.astype(jnp.int32))
-      emb = table(jnp.clip(bp, 0, cfg.num_block_positions - 1))
-      x = x + jnp.where((bp > 0)[..., None], emb, 0).astype(x.dtype)
-    x = drop(x, deterministic=det)
-    x = nn.with_logical_constraint(x, EMBED)
-    # GLM (num_block_positions > 0): part B attends to context on both sides
-    # of its [MASK] (keys at larger positions), which causal buckets would
-    # all lump into bucket 0; bidirectional buckets tell them apart.
-    relpos = layers.RelativePositionBiases(
-        cfg.relative_attention_num_buckets,
-        cfg.relative_attention_max_distance, cfg.num_heads,
-        bidirectional=cfg.num_block_positions > 0, name='relpos_bias')
-    if decode:
-      # Bias for every (query, key) of the cache; each attention layer picks
-      # the row of its cache index (T5X). The step mask comes from the cache.
-      pos = _positions(None, self._decode_length(length, max_decode_length))
-      bias, mask = relpos(pos, pos), None
-    else:
-      pos = _positions(positions, length)
-      bias = relpos(pos, pos)
-      mask = decoder_mask(segment_ids, causal_attention)
-    x = _run_layers(DecoderLayer, cfg, cfg.num_decoder_layers, x, mask, bias,
-                    encoded, enc_dec_mask, prefill_lengths, deterministic=det,
-                    decode=decode, prefill=prefill,
-                    cross_attention=self.cross_attention)
-    y = drop(_norm(cfg, 'decoder_norm')(x), deterministic=det)
-    if cfg.logits_via_embedding:
-      # Tied logits, rescaled as T5.1.0 / mesh-tf (d_model ** -0.5).
-      logits = self.shared_embedding.attend(y) * (cfg.emb_dim ** -0.5)
-    else:
-      logits = layers.Dense(cfg.vocab_size, kernel_axes=('embed', 'vocab'),
-                            dtype=_dtype(cfg), output_dtype=jnp.float32,
-                            name='logits_dense')(y)
-    logits = logits.astype(jnp.float32)
-    return nn.with_logical_constraint(logits, ('batch', 'length', 'vocab'))
+# The stacks the models are built of (t5x_lite/stacks.py).
+from t5x_lite.stacks import Decoder
+from t5x_lite.stacks import Encoder
+from t5x_lite.stacks import _dtype
+from t5x_lite.stacks import _norm
+from t5x_lite.stacks import cross_mask
 
 
 # ---- models ------------------------------------------------------------------
@@ -382,18 +130,19 @@ class DecoderOnly(nn.Module):
                decoder_positions=None, decoder_causal_attention=None,
                decoder_block_positions=None, *,
                enable_dropout=False, decode=False, max_decode_length=None,
-               prefill=False, prefill_lengths=None):
+               prefill=False, prefill_lengths=None, memory=None):
     """prefill=True: full-length forward that also fills the 'cache' and sets
     each row's cache index to prefill_lengths [batch] (default: the length);
     the next decode=True call feeds the token at that position.
     decoder_block_positions: GLM's intra-span positions (used when
-    cfg.num_block_positions > 0)."""
+    cfg.num_block_positions > 0). memory: Transformer-XL's (memory.py);
+    then (logits, next memory)."""
     return self.decoder(decoder_input_tokens, None, None, decoder_segment_ids,
                         decoder_positions, decoder_causal_attention,
                         decoder_block_positions,
                         enable_dropout=enable_dropout, decode=decode,
                         prefill=prefill, prefill_lengths=prefill_lengths,
-                        max_decode_length=max_decode_length)
+                        max_decode_length=max_decode_length, memory=memory)
 
 
 class EncoderOnly(nn.Module):
@@ -401,17 +150,35 @@ class EncoderOnly(nn.Module):
     vocab   [batch, len, vocab] logits tied to the token embedding (MLM)
     binary  [batch, len] one logit per token (replaced-token detection)
     pooled  [batch, classes] a tanh pooler over the first token ([CLS])
+    tokens  [batch, len, num_token_labels] a label per token (tagging)
+    span    [batch, len, 2] start and end logits of an answer span
+  (tokens/span params, token_classifier/ and span_head/, exist only in a
+  model initialised for that head: fine-tuning creates them fresh.)
     hidden  [batch, len, embed] the encoder output
+    nsp     [batch, 2] next-sentence logits (NotNext 0, IsNext 1) over the
+            pooler; vocab_nsp: (vocab, nsp) from one encoder pass (BERT's
+            pretraining). Only with model.type_vocab_size > 0, which also
+            adds token_type_embedder/ (summed with the token embeddings,
+            batch feature encoder_token_type_ids) and nsp_head/.
   """
   config: ModelConfig
-  HEADS = ('vocab', 'binary', 'pooled', 'hidden')
+  HEADS = ('vocab', 'binary', 'pooled', 'hidden', 'tokens', 'span')
+  PAIR_HEADS = ('nsp', 'vocab_nsp')  # need type_vocab_size > 0
 
   def setup(self):
     cfg = self.config
     dt = _dtype(cfg)
     self.token_embedder = layers.Embed(cfg.vocab_size, cfg.emb_dim, dtype=dt)
-    self.encoder = Encoder(cfg, self.token_embedder)
+    # Sentence pairs (BERT): segment embeddings and the IsNext head, their
+    # own top-level params so the default tree is unchanged without them.
+    self.token_type_embedder = (
+        layers.Embed(cfg.type_vocab_size, cfg.emb_dim, dtype=dt)
+        if cfg.type_vocab_size > 0 else None)
+    self.encoder = Encoder(cfg, self.token_embedder, self.token_type_embedder)
     dense = functools.partial(layers.Dense, dtype=dt)
+    if cfg.type_vocab_size > 0:
+      self.nsp_head = dense(2, kernel_axes=('mlp', 'classes'),
+                            output_dtype=jnp.float32)
     # MLM: dense + gelu + RMSNorm, then logits tied to the token embedding.
     self.mlm_dense = dense(cfg.emb_dim, kernel_axes=('embed', 'mlp'))
     self.mlm_norm = _norm(cfg, None)
@@ -428,6 +195,12 @@ class EncoderOnly(nn.Module):
     self.classifier = dense(cfg.num_classes, kernel_axes=('mlp', 'classes'),
                             output_dtype=jnp.float32)
     self.dropout = nn.Dropout(cfg.dropout_rate)
+    # Fine-tuning heads over every token (BERT's NER and SQuAD heads).
+    self.token_classifier = dense(cfg.num_token_labels,
+                                  kernel_axes=('embed', 'classes'),
+                                  output_dtype=jnp.float32)
+    self.span_head = dense(2, kernel_axes=('embed', 'classes'),
+                           output_dtype=jnp.float32)
 
   def _vocab_logits(self, h):
     y = self.mlm_norm(jax.nn.gelu(self.mlm_dense(h), approximate=True))
@@ -444,13 +217,40 @@ class EncoderOnly(nn.Module):
     pooled = self.dropout(pooled, deterministic=det)
     return self.classifier(pooled).astype(jnp.float32)  # [batch, classes]
 
+  def _nsp_logits(self, h, det):
+    # The classifier's tanh pooler, shared: NSP pretrains what fine-tuning
+    # classifies from (BERT's pooler is trained by NSP only).
+    pooled = jnp.tanh(self.pooler(h[:, 0]))  # [batch, embed]
+    pooled = self.dropout(pooled, deterministic=det)
+    return self.nsp_head(pooled).astype(jnp.float32)  # [batch, 2]
+
+  def _token_logits(self, h, det):
+    h = self.dropout(h, deterministic=det)
+    return self.token_classifier(h)  # [batch, len, num_token_labels]
+
+  def _span_logits(self, h, det):
+    h = self.dropout(h, deterministic=det)
+    return self.span_head(h)  # [batch, len, 2]: start, end
+
   def __call__(self, encoder_input_tokens, encoder_segment_ids=None,
-               encoder_positions=None, *, enable_dropout=False, head='vocab'):
-    if head not in self.HEADS:
-      raise ValueError(f'EncoderOnly head={head!r}; use one of {self.HEADS}.')
+               encoder_positions=None, encoder_token_type_ids=None, *,
+               enable_dropout=False, head='vocab'):
+    pairs = self.config.type_vocab_size > 0
+    if head not in self.HEADS + (self.PAIR_HEADS if pairs else ()):
+      hint = (f'; {head!r} needs model.type_vocab_size=2'
+              if head in self.PAIR_HEADS else '')
+      raise ValueError(f'EncoderOnly head={head!r}; use one of '
+                       f'{self.HEADS}{hint}.')
     det = not enable_dropout
     h = self.encoder(encoder_input_tokens, encoder_segment_ids,
-                     encoder_positions, enable_dropout=enable_dropout)
+                     encoder_positions, encoder_token_type_ids,
+                     enable_dropout=enable_dropout)
+    if self.is_initializing() and pairs:
+      self._nsp_logits(h, det)
+    if head == 'nsp':
+      return self._nsp_logits(h, det)
+    if head == 'vocab_nsp':
+      return self._vocab_logits(h), self._nsp_logits(h, det)
     if self.is_initializing():  # create every head's params
       self._vocab_logits(h)
       self._binary_logits(h)
@@ -461,6 +261,10 @@ class EncoderOnly(nn.Module):
       return self._binary_logits(h)
     if head == 'pooled':
       return self._pooled_logits(h, det)
+    if head == 'tokens':
+      return self._token_logits(h, det)
+    if head == 'span':
+      return self._span_logits(h, det)
     return h
 
 

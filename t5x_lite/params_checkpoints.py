@@ -2,6 +2,9 @@
 params-only format (HF import, ELECTRA's discriminator export).
 
     restore_params(path)            # fine-tuning, eval, infer
+    restore_params(path, abstract, fresh=('token_classifier',))
+                                    # fine-tuning a new head: those params
+                                    # are left out (the caller keeps its init)
     resolve_params_path(path)       # 'state:<step dir>' or 'params:<dir>'
     save_params_only(out_dir, params, config_dict)
     read_params_only_config(out_dir)
@@ -14,7 +17,7 @@ checkpoints dir (its newest usable step) or a params-only checkpoint: an
 """
 import json
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
 from absl import logging
 import jax
@@ -42,7 +45,35 @@ def _numpy_target(meta_tree):
                       meta_tree)
 
 
-def _restore_tree(path: str, abstract, *, subtree: Optional[str] = None):
+def _matches(path: str, prefixes) -> bool:
+  return any(path == p or path.startswith(p + '/') for p in prefixes)
+
+
+def without_fresh(tree, fresh, path: str = ''):
+  """`tree` (nested dicts) less the subtrees whose '/'-joined key path is
+  one of the prefixes `fresh` or lies under one."""
+  if not fresh or not hasattr(tree, 'items'):
+    return tree
+  out = {}
+  for key, value in tree.items():
+    sub = f'{path}/{key}' if path else str(key)
+    if not _matches(sub, fresh):
+      out[key] = without_fresh(value, fresh, sub)
+  return out
+
+
+def fresh_paths(tree, fresh, path: str = '') -> Tuple[str, ...]:
+  """The '/'-joined paths of the leaves of `tree` that `fresh` names."""
+  if not hasattr(tree, 'items'):
+    return (path,) if _matches(path, fresh) else ()
+  found = ()
+  for key, value in tree.items():
+    found += fresh_paths(value, fresh, f'{path}/{key}' if path else str(key))
+  return found
+
+
+def _restore_tree(path: str, abstract, *, subtree: Optional[str] = None,
+                  partial: bool = False):
   """Restores (a subtree of) the PyTree checkpoint at `path`.
 
   abstract: ShapeDtypeStructs with shardings to restore into, or None for
@@ -61,7 +92,7 @@ def _restore_tree(path: str, abstract, *, subtree: Optional[str] = None):
     target, restore_args = {subtree: target}, {subtree: restore_args}
   restored = ckptr.restore(path, args=ocp.args.PyTreeRestore(
       item=target, restore_args=restore_args,
-      partial_restore=subtree is not None))
+      partial_restore=subtree is not None or partial))
   return restored[subtree] if subtree is not None else restored
 
 
@@ -114,7 +145,7 @@ def resolve_params_path(path: str) -> str:
       f'tree with _METADATA); {inspection.describe_steps(path)}.')
 
 
-def restore_params(path: str, abstract_params=None):
+def restore_params(path: str, abstract_params=None, fresh=()):
   """Params only, for fine-tuning (checkpoint.restore_from), eval and infer.
 
   Args:
@@ -124,8 +155,13 @@ def restore_params(path: str, abstract_params=None):
       tree without a 'params' key is taken as the params themselves).
     abstract_params: ShapeDtypeStructs with shardings to restore into (any
       mesh); None restores host numpy arrays shaped as stored.
+    fresh: param path prefixes ('token_classifier', 'encoder/layers/mlp')
+      that are not restored: a fine-tuning head the checkpoint lacks or has
+      at another shape. They are left out of the stored tree, the target
+      and the result (the caller keeps their init); every other param must
+      match as always. Each prefix must name a param of abstract_params.
   Returns:
-    the params tree.
+    the params tree (without the `fresh` subtrees).
   Raises:
     CheckpointError: nothing usable at `path` (the message names the path and
       the steps that exist), or the stored tree does not match
@@ -143,21 +179,37 @@ def restore_params(path: str, abstract_params=None):
   if kind == 'state' and subtree is None:
     raise CheckpointError(f'{tree_path} holds no params; it holds '
                           f'{sorted(stored)}.')
+  stored_params = stored[subtree] if subtree else stored
+  fresh = tuple(fresh or ())
+  if fresh and abstract_params is not None:
+    unknown = [p for p in fresh if not fresh_paths(abstract_params, (p,))]
+    if unknown:
+      raise CheckpointMismatchError(
+          f'fresh params {unknown} name no param of this model (its '
+          f'top-level params: {sorted(abstract_params)}); fix '
+          'checkpoint.fresh_params.')
+    abstract_params = without_fresh(abstract_params, fresh)
+  # A stored version of a fresh param (the head at another size) is skipped.
+  skipped = fresh_paths(stored_params, fresh) if fresh else ()
+  stored_params = without_fresh(stored_params, fresh)
   if abstract_params is not None:
-    mismatch = inspection.describe_mismatch(
-        stored[subtree] if subtree else stored, abstract_params)
+    mismatch = inspection.describe_mismatch(stored_params, abstract_params)
     if mismatch:
       raise CheckpointMismatchError(
           f'The params at {where} do not fit this model: {mismatch}. Check '
           'config.model against the config the checkpoint was trained with.')
   try:
-    params = _restore_tree(tree_path, abstract_params, subtree=subtree)
+    params = _restore_tree(tree_path, abstract_params, subtree=subtree,
+                           partial=bool(skipped))
+    if abstract_params is None and fresh:
+      params = without_fresh(params, fresh)
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(
         f'Restoring params from {where} failed: {type(e).__name__}: '
         f'{_first_line(e)}') from e
   saved = _saved_fingerprint(where) if kind == 'state' else {}
-  if saved.get('params') and (
+  # The saved fingerprint covers every stored param: it checks a full read.
+  if saved.get('params') and not skipped and (
       saved['params'] != inspection.fingerprint(params)):
     raise CheckpointError(
         f'The params at {where} differ from the fingerprint saved with them: '

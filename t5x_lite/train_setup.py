@@ -15,6 +15,10 @@ Everything loop.py's steps need, built once and in this order:
      into whole batches of the new size; otherwise the resume is refused),
      the eval split is read the same way at every eval;
   5. the jitted train and eval steps (compiled at their first call);
+     a stream task (tasks/streams.py: Transformer-XL) reads contiguous
+     streams instead of seqio rows, its position is the step count (a
+     resume at another batch size is refused: the streams would differ),
+     and a model that carries memory gets the memory eval step too;
   6. workdir/config.json, last: a config that a resume rejects (another
      model, a batch size the position cannot convert to) leaves the one of
      the run it tried to resume in place.
@@ -31,6 +35,7 @@ from absl import logging
 import jax
 import numpy as np
 
+from t5x_lite import adversarial
 from t5x_lite import checkpoint_inspection
 from t5x_lite import checkpoints
 from t5x_lite import config as config_lib
@@ -74,6 +79,9 @@ class RunSetup:
   eval_data: 'EvalData'
   position: DataPosition
   resumed: bool = False  # from a checkpoint of this workdir
+  # Stream tasks: evaluation.StreamEval (perplexity with and without the
+  # memory); None: the teacher-forced eval of eval_step over eval_data.
+  stream_eval: Optional[Any] = None
 
 
 # ---- checks and records ------------------------------------------------------------
@@ -102,6 +110,27 @@ def check_task(config, splits=None):
         [config.task.eval_split] if int(config.eval.num_batches) else [])
   tasks.check_data(config.task.name, splits)
   tasks.check_vocabulary(config.task.name, int(config.model.vocab_size))
+
+
+def check_memory(config):
+  """model.memory_length > 0 needs a model that carries the memory (its
+  objective's) and a stream task that feeds it continuing rows."""
+  if int(config.model.get('memory_length', 0) or 0) <= 0:
+    return
+  from t5x_lite import memory as memory_lib  # pylint: disable=g-import-not-at-top
+  from t5x_lite.tasks import streams  # pylint: disable=g-import-not-at-top
+  fix = ('train a stream task (configs/pretrain_txl.py) or set '
+         'model.memory_length=0')
+  if not memory_lib.carries_memory(objectives.build_model(config)):
+    raise ConfigError(
+        f'model.memory_length={config.model.memory_length} but objective '
+        f'{config.objective.name!r} of task {config.task.name} does not '
+        f'carry a memory: {fix}.')
+  if not streams.is_stream_task(config.task.name):
+    raise ConfigError(
+        f'model.memory_length={config.model.memory_length} needs batches '
+        f'that continue each row, but task {config.task.name} is not a '
+        f'stream task: {fix}.')
 
 
 def make_workdir(workdir: str):
@@ -169,6 +198,12 @@ class EvalData:
 
   def _dataset(self, num_epochs):
     from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+    from t5x_lite.tasks import streams  # pylint: disable=g-import-not-at-top
+    if streams.is_stream_task(self.config.task.name):
+      return streams.get_stream_dataset(
+          self.config, self.config.task.eval_split,
+          batch_size=self.host.per_host_batch_size, shard_id=self.host.index,
+          num_shards=self.host.num_shards, num_epochs=num_epochs)
     return tasks.get_dataset(
         self.config, self.config.task.eval_split,
         batch_size=self.host.per_host_batch_size, shard_id=self.host.index,
@@ -230,14 +265,46 @@ def _restore_or_init(config, model, tx, mesh, rules, ckpt, abstract_state,
     logging.info('Resumed from %s/%d.', ckpt.directory, restored.step)
     return restored.state, restored
   state, _ = trainer.create_train_state(
-      model, tx, mesh, rules, dict(config.task.feature_lengths), init_rng)
+      model, tx, mesh, rules, dict(config.task.feature_lengths), init_rng,
+      batch_size=int(config.train.batch_size))
   if config.checkpoint.restore_from:
+    fresh = fresh_params(config)
     params = params_checkpoints.restore_params(config.checkpoint.restore_from,
-                                        abstract_state.params)
+                                        abstract_state.params, fresh=fresh)
+    if fresh:
+      params = _with_fresh(state.params, params, fresh)
+      logging.info('Fresh params (initialised, not restored): %s.', ', '.join(
+          params_checkpoints.fresh_paths(state.params, fresh)))
     state = state.replace(params=params)
     logging.info('Initialised params from %s (fresh optimizer state).',
                  config.checkpoint.restore_from)
   return state, None
+
+
+def fresh_params(config) -> tuple:
+  """The param path prefixes fine-tuning initialises instead of restoring:
+  the objective's new heads (Objective.fresh_params) and
+  checkpoint.fresh_params (comma-separated)."""
+  obj = objectives.resolve(config)
+  own = tuple(obj.fresh_params) if obj is not None else ()
+  extra = str(config.checkpoint.get('fresh_params', '') or '')
+  return own + tuple(p.strip().strip('/') for p in extra.split(',')
+                     if p.strip())
+
+
+def _with_fresh(init, restored, fresh, path=''):
+  """`init` with every param outside the `fresh` prefixes from `restored`
+  (restore_params leaves the fresh ones out)."""
+  if not hasattr(init, 'items'):
+    return restored
+  out = {}
+  for key, value in init.items():
+    sub = f'{path}/{key}' if path else str(key)
+    if any(sub == p or sub.startswith(p + '/') for p in fresh):
+      out[key] = value
+    else:
+      out[key] = _with_fresh(value, restored[key], fresh, sub)
+  return type(init)(out) if not isinstance(init, dict) else out
 
 
 def _saved_rows_per_batch(restored: checkpoints.Restored) -> Optional[int]:
@@ -286,6 +353,21 @@ def convert_position(batches: int, saved_rows: Optional[int], rows: int,
   return converted
 
 
+def check_stream_geometry(config, restored: Optional[checkpoints.Restored],
+                          rows: int):
+  """A stream task's position is a step of train.batch_size streams: another
+  per-host batch size cuts other streams, so the resume is refused."""
+  if restored is None:
+    return
+  saved = _saved_rows_per_batch(restored)
+  if saved is not None and saved != rows:
+    raise ConfigError(
+        f'task {config.task.name} reads train.batch_size contiguous streams: '
+        f'the checkpoint was trained with {saved} rows per process, this run '
+        f'has {rows}, which cuts the corpus into other streams. Resume with '
+        f'train.batch_size={saved * jax.process_count()}.')
+
+
 def data_position(config, restored: Optional[checkpoints.Restored],
                   start_step: int, rows_per_batch: Optional[int] = None
                   ) -> DataPosition:
@@ -322,6 +404,7 @@ def prepare(config, workdir: str) -> str:
   workdir = os.path.abspath(workdir)
   config_lib.validate(config)
   check_task(config)
+  check_memory(config)
   make_workdir(workdir)
   return workdir
 
@@ -341,14 +424,19 @@ def build(config, workdir: str) -> RunSetup:
   """Steps 2-6 of `setup` in a prepared (absolute) `workdir`; the
   checkpointer is closed again when any of them fails."""
   from t5x_lite import tasks  # pylint: disable=g-import-not-at-top
+  from t5x_lite.tasks import streams  # pylint: disable=g-import-not-at-top
 
-  model = objectives.build_model(config)
+  is_stream = streams.is_stream_task(config.task.name)
+  # Training alone sees adversarial embeddings (eval_step below runs the
+  # wrapped model's clean eval_fn).
+  model = adversarial.for_training(objectives.build_model(config), config)
   tx, schedule = optimizers.make_optimizer(
       run_config.OptimizerConfig.from_config(config))
   mesh, batch_sharding, host, eval_host = _mesh_and_hosts(config)
   rules = partitioning.logical_rules(config.mesh.rules)
   abstract_state, state_shardings = trainer.abstract_train_state(
-      model, tx, mesh, rules, dict(config.task.feature_lengths))
+      model, tx, mesh, rules, dict(config.task.feature_lengths),
+      batch_size=int(config.train.batch_size))
   logging.info('mesh %s; %d processes; this one reads input shard %d/%d '
                '(%d rows per step)', dict(mesh.shape), jax.process_count(),
                host.index, host.num_shards, host.per_host_batch_size)
@@ -363,20 +451,36 @@ def build(config, workdir: str) -> RunSetup:
     state, restored = _restore_or_init(config, model, tx, mesh, rules, ckpt,
                                        abstract_state, init_rng)
     start_step = int(jax.device_get(state.step))
+    if is_stream:
+      check_stream_geometry(config, restored, host.per_host_batch_size)
     position = data_position(config, restored, start_step,
                              host.per_host_batch_size)
-    train_data = tasks.get_dataset(
-        config, config.task.train_split,
-        batch_size=host.per_host_batch_size, shard_id=host.index,
-        num_shards=host.num_shards, seed=position.seed,
-        shuffle=bool(config.task.shuffle),
-        skip_batches=position.batches_consumed)
+    if is_stream:
+      train_data = streams.get_stream_dataset(
+          config, config.task.train_split,
+          batch_size=host.per_host_batch_size, shard_id=host.index,
+          num_shards=host.num_shards, skip_batches=position.batches_consumed)
+    else:
+      train_data = tasks.get_dataset(
+          config, config.task.train_split,
+          batch_size=host.per_host_batch_size, shard_id=host.index,
+          num_shards=host.num_shards, seed=position.seed,
+          shuffle=bool(config.task.shuffle),
+          skip_batches=position.batches_consumed)
 
     train_step = trainer.make_train_step(
         model, tx, run_config.StepConfig.from_config(config), mesh, rules,
         state_shardings, batch_sharding, schedule=schedule)
     eval_step = trainer.make_eval_step(model, mesh, rules,
                                        state_shardings.params, batch_sharding)
+    eval_data = EvalData(config, eval_host)
+    stream_eval = None
+    if is_stream:
+      from t5x_lite import evaluation  # pylint: disable=g-import-not-at-top
+      stream_eval = evaluation.StreamEval.build(
+          model, mesh, rules, state_shardings.params, batch_sharding,
+          eval_step, eval_data, eval_host.per_host_batch_size *
+          eval_host.num_shards)
     # Only now: the run starts, with this config.
     write_config(config, workdir)
   return RunSetup(
@@ -384,5 +488,5 @@ def build(config, workdir: str) -> RunSetup:
       batch_sharding=batch_sharding, host=host, ckpt=ckpt, state=state,
       start_step=start_step, dropout_rng=dropout_rng, train_step=train_step,
       eval_step=eval_step, train_data=train_data,
-      eval_data=EvalData(config, eval_host), position=position,
-      resumed=restored is not None)
+      eval_data=eval_data, position=position,
+      resumed=restored is not None, stream_eval=stream_eval)

@@ -11,6 +11,12 @@
   state, metrics = train_step(state, batch, rng)   # batch: global jax.Arrays
   abstract, shardings = abstract_params(model, mesh, rules, lengths)  # eval
 
+A model that carries a Transformer-XL memory (memory.carries_memory) gets a
+MemoryTrainState: the memory rides in the state (sharded like the batch, so
+every host keeps its own streams' rows), each step reads it and writes the
+next, and Orbax checkpoints it with the params; the builders then need
+batch_size= (the global train batch: the memory has one row per stream).
+
 No ConfigDict below the edge: every builder takes explicit arguments in one
 order: model, the optimizer (tx), the StepConfig (run_config), the mesh, the
 logical rules (partitioning.logical_rules' tuple), then what that builder
@@ -35,6 +41,7 @@ import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 import optax
 
+from t5x_lite import memory as memory_lib
 from t5x_lite import models as models_lib
 from t5x_lite import partitioning
 from t5x_lite.run_config import StepConfig
@@ -45,6 +52,20 @@ class TrainState:
   step: jax.Array  # int32 scalar: updates taken (skipped ones included)
   params: Any
   opt_state: Any
+
+
+@flax.struct.dataclass
+class MemoryTrainState(TrainState):
+  """TrainState plus the Transformer-XL memory (t5x_lite/memory.py) the
+  next step continues from. Other models keep TrainState, so their
+  checkpoints' trees are unchanged."""
+  memory: Any = None
+
+
+def _memory_specs(rules):
+  """PartitionSpecs of a memory: rows sharded like the batch."""
+  batch = tuple(partitioning.batch_spec(rules))
+  return {'memory': P(None, *batch), 'memory_lengths': P(*batch)}
 
 
 # ---- state -------------------------------------------------------------------
@@ -84,39 +105,57 @@ def abstract_params(model, mesh, rules, feature_lengths: Dict[str, int]
 
 
 def abstract_train_state(model, optimizer: optax.GradientTransformation,
-                         mesh, rules, feature_lengths: Dict[str, int]
+                         mesh, rules, feature_lengths: Dict[str, int], *,
+                         batch_size: int = 0
                          ) -> Tuple[TrainState, TrainState]:
   """(ShapeDtypeStructs with shardings, NamedShardings) of the train state.
 
   No computation: what Orbax restores into and what jit places by.
+  batch_size: the global batch, for a model that carries memory.
   """
   params, pspecs = _abstract_params_and_specs(model, mesh, rules,
                                               feature_lengths)
   opt_state = jax.eval_shape(optimizer.init, params)
   ospecs = partitioning.opt_state_specs(opt_state, pspecs, params)
-  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32),
-                        params=params, opt_state=opt_state)
-  specs = TrainState(step=P(), params=pspecs, opt_state=ospecs)
+  step = jax.ShapeDtypeStruct((), jnp.int32)
+  if memory_lib.carries_memory(model):
+    if batch_size <= 0:
+      raise ValueError('A model with a Transformer-XL memory needs '
+                       'batch_size= (the global train batch).')
+    abstract = MemoryTrainState(step=step, params=params, opt_state=opt_state,
+                                memory=model.abstract_memory(batch_size))
+    specs = MemoryTrainState(step=P(), params=pspecs, opt_state=ospecs,
+                             memory=_memory_specs(rules))
+  else:
+    abstract = TrainState(step=step, params=params, opt_state=opt_state)
+    specs = TrainState(step=P(), params=pspecs, opt_state=ospecs)
   shardings = partitioning.specs_to_shardings(specs, mesh, abstract)
   return _with_shardings(abstract, shardings), shardings
 
 
 def create_train_state(model, optimizer: optax.GradientTransformation, mesh,
-                       rules, feature_lengths: Dict[str, int], rng: jax.Array
+                       rules, feature_lengths: Dict[str, int], rng: jax.Array,
+                       *, batch_size: int = 0
                        ) -> Tuple[TrainState, TrainState]:
-  """Initialises params and optimizer state directly into their shardings.
+  """Initialises params and optimizer state directly into their shardings
+  (and an empty memory for a model that carries one: batch_size=).
 
   Returns:
     (state, state_shardings); state.step == 0.
   """
   _, shardings = abstract_train_state(model, optimizer, mesh, rules,
-                                      feature_lengths)
+                                      feature_lengths, batch_size=batch_size)
   batch = _init_batch_shapes(model, feature_lengths)
 
   def init(rng):
     params = model.init_params(rng, batch)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      opt_state=optimizer.init(params))
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                       opt_state=optimizer.init(params))
+    if memory_lib.carries_memory(model):
+      state = MemoryTrainState(step=state.step, params=params,
+                               opt_state=state.opt_state,
+                               memory=model.init_memory(batch_size))
+    return state
 
   state = jax.jit(init, in_shardings=partitioning.replicated(mesh),
                   out_shardings=shardings)(rng)
@@ -151,6 +190,19 @@ def _where_finite(ok, new, old):
   return jax.tree.map(lambda n, o: jnp.where(ok, n, o), new, old)
 
 
+def _carry_memory(new_state: TrainState, new_memory, old_memory, is_finite
+                  ) -> MemoryTrainState:
+  """The next state with the memory the next batch continues from (the data
+  moved on, skipped step or not). A skipped (non-finite) step's memory would
+  poison the steps after it (0 * nan where attention masks a slot): it is
+  emptied instead, keeping the old, finite buffers."""
+  if is_finite is not None:
+    new_memory = memory_lib.tree_select(is_finite, new_memory,
+                                        memory_lib.cleared(old_memory))
+  return MemoryTrainState(step=new_state.step, params=new_state.params,
+                          opt_state=new_state.opt_state, memory=new_memory)
+
+
 def make_train_step(model, optimizer: optax.GradientTransformation,
                     step_cfg: StepConfig, mesh, rules,
                     state_shardings: TrainState,
@@ -182,6 +234,10 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
   skip_nonfinite = step_cfg.skip_nonfinite_updates
   num_shards = partitioning.num_batch_shards(mesh, rules)
   grad_shardings = state_shardings.params
+  with_memory = memory_lib.carries_memory(model)
+  if with_memory and num_micro != 1:
+    raise ValueError('A Transformer-XL memory carries over whole batches: '
+                     'train.microbatches must be 1.')
 
   def grads_and_sums(params, batch, rng):
     grad_fn = jax.grad(model.loss_terms, has_aux=True)
@@ -216,7 +272,13 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
     _check_batch(batch, num_micro, num_shards)
     with partitioning.activation_context(mesh, rules):
       dropout_rng = jax.random.fold_in(rng, state.step)
-      grads, sums = grads_and_sums(state.params, batch, dropout_rng)
+      if with_memory:  # one step that continues state.memory
+        grads, (sums, new_memory) = jax.grad(
+            model.memory_loss_terms, has_aux=True)(
+                state.params, batch, state.memory, dropout_rng,
+                enable_dropout=True)
+      else:
+        grads, sums = grads_and_sums(state.params, batch, dropout_rng)
       # One normalisation for the whole (accumulated) batch.
       denom = (jnp.where(sums['num_tokens'] > 0, sums['num_tokens'], 1.0)
                if lnf == 0 else lnf)
@@ -240,6 +302,9 @@ def make_train_step(model, optimizer: optax.GradientTransformation,
           skipped=skipped)
       new_state = TrainState(step=state.step + 1, params=params,
                              opt_state=opt_state)
+      if with_memory:
+        new_state = _carry_memory(new_state, new_memory, state.memory,
+                                  is_finite if skip_nonfinite else None)
     return new_state, metrics
 
   replicated = partitioning.replicated(mesh)
@@ -267,6 +332,29 @@ def make_eval_step(model, mesh, rules, params_shardings,
 
   return jax.jit(eval_step, in_shardings=(params_shardings, batch_sharding),
                  out_shardings=partitioning.replicated(mesh))
+
+
+def memory_shardings(mesh, rules, memory):
+  """NamedShardings of a memory (rows like the batch)."""
+  return partitioning.specs_to_shardings(_memory_specs(rules), mesh, memory)
+
+
+def make_memory_eval_step(model, mesh, rules, params_shardings,
+                          batch_sharding: NamedSharding,
+                          memory_sharding) -> Callable:
+  """Jitted `eval_step(params, batch, memory) -> (sums, next memory)` for a
+  model that carries a Transformer-XL memory (no dropout)."""
+
+  def eval_step(params, batch, memory):
+    with partitioning.activation_context(mesh, rules):
+      _, (sums, new_memory) = model.memory_loss_terms(
+          params, batch, memory, None, enable_dropout=False)
+      return sums, new_memory
+
+  return jax.jit(
+      eval_step,
+      in_shardings=(params_shardings, batch_sharding, memory_sharding),
+      out_shardings=(partitioning.replicated(mesh), memory_sharding))
 
 
 def make_score_step(model, mesh, rules, params_shardings,

@@ -16,6 +16,7 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from t5x_lite import objectives
 from t5x_lite import tasks
 from t5x_lite.config import ConfigError
 from t5x_lite.config import default_config
@@ -33,10 +34,14 @@ BUILT = corpora.is_built('shakespeare') and os.path.exists(corpora.vocab_path())
 needs_data = pytest.mark.skipif(
     not BUILT, reason=f'corpora not built in {corpora.data_dir()}: run '
     '`make data` (python -m data.build)')
-# feature layout -> the arch its built-in tasks train
-ARCH = {'inputs_targets': 'encoder_decoder', 'targets': 'decoder_only',
-        'blank_infilling': 'decoder_only', 'masked_tokens': 'encoder_only',
-        'pooled_label': 'encoder_only'}
+
+
+def _arch(name):
+  """An arch the task's objective trains: the encoder-decoder where it is one
+  (the inputs_targets checks below read encoder and decoder lengths), else
+  its recipe's (the first)."""
+  archs = objectives.get(tasks.objective_of(name)).archs
+  return 'encoder_decoder' if 'encoder_decoder' in archs else archs[0]
 
 
 def _config(name, inputs=128, targets=32, arch=None, **task):
@@ -45,7 +50,7 @@ def _config(name, inputs=128, targets=32, arch=None, **task):
   c.task.feature_lengths.inputs = inputs
   c.task.feature_lengths.targets = targets
   c.task.shuffle_buffer_size = 256  # small: the first batch comes fast
-  c.model.arch = arch or ARCH[tasks.layout_of(name)]
+  c.model.arch = arch or _arch(name)
   for k, v in task.items():
     c.task[k] = v
   return c
@@ -132,9 +137,12 @@ def _decode_check(name, batch, batch_size, lengths):
     assert batch['encoder_input_tokens'].shape == (batch_size, lengths)
     text = vocab.decode(batch['encoder_input_tokens'][0].tolist())
   else:
-    key = next(k for k in ('decoder_target_tokens', 'encoder_target_tokens')
-               if k in batch)
-    assert all(v.shape == (batch_size, lengths) for v in batch.values())
+    key = next(k for k in ('decoder_target_tokens', 'encoder_target_tokens',
+                           'encoder_input_tokens') if k in batch)
+    # Per-token features are [batch, len]; per-example ones (a span's start
+    # and end) are [batch].
+    assert all(v.shape in ((batch_size, lengths), (batch_size,))
+               for v in batch.values()), {k: v.shape for k, v in batch.items()}
     row = batch[key][0]
     text = vocab.decode(row[row > 0].tolist())
   assert isinstance(text, str) and text.strip(), (name, text)
@@ -150,8 +158,8 @@ def test_every_task_and_mixture_yields_converted_batches(
   del t5_tasks_on_corpus_vocab
   cfg = _config(name, shuffle=False)
   kind = tasks.layout_of(name)
-  length = {'inputs_targets': 128, 'targets': 160, 'blank_infilling': 160,
-            'masked_tokens': 128, 'pooled_label': 128}[kind]
+  # One sequence of inputs + targets (160) where the layout has no inputs.
+  length = 160 if kind in ('targets', 'blank_infilling') else 128
   if kind == 'inputs_targets':
     length = None  # inputs 128, targets 32: checked per feature below
   with tfds.testing.mock_data(num_examples=16), mock.patch.object(

@@ -1,7 +1,9 @@
 """Objectives: one module each, registered by name (registry.py).
 
   span_corruption  prefix_lm  causal_lm  mlm  electra  glm  (pretraining)
+  mlm_nsp (nsp.py)                                         (pretraining)
   text_to_text  classification                           (fine-tuning)
+  token_classification  span_extraction                  (fine-tuning heads)
 
 The core looks objectives up here and never names one:
 
@@ -35,12 +37,17 @@ from t5x_lite.objectives.registry import register  # pylint: disable=unused-impo
 # pylint: disable=g-import-not-at-top,unused-import,wrong-import-position
 from t5x_lite.objectives import causal_lm
 from t5x_lite.objectives import classification
+from t5x_lite.objectives import contrastive
 from t5x_lite.objectives import electra
 from t5x_lite.objectives import glm
 from t5x_lite.objectives import mlm
+from t5x_lite.objectives import nsp
 from t5x_lite.objectives import prefix_lm
 from t5x_lite.objectives import span_corruption
+from t5x_lite.objectives import span_extraction
 from t5x_lite.objectives import text_to_text
+from t5x_lite.objectives import token_classification
+from t5x_lite.objectives import transformer_xl
 # pylint: enable=g-import-not-at-top,unused-import,wrong-import-position
 
 # What `tasks.register_text_to_text` tasks learn.

@@ -63,6 +63,7 @@ from t5x_lite import losses
 from t5x_lite import models
 from t5x_lite import network
 from t5x_lite import params_checkpoints
+from t5x_lite import stacks
 from t5x_lite.model_config import ConfigError, ModelConfig
 from t5x_lite.objectives import registry
 from t5x_lite.objectives import mlm
@@ -114,7 +115,7 @@ class Generator(nn.Module):
     cfg = self.config
     dt = jnp.dtype(cfg.dtype)
     self.embed_project = _ProjectedEmbed(self.embed, cfg.emb_dim, dt)
-    self.encoder = network.Encoder(cfg, self.embed_project)
+    self.encoder = stacks.Encoder(cfg, self.embed_project)
     # Back to the embedding width, then the discriminator's table (tied).
     self.mlm_dense = layers.Dense(self.embed_dim, kernel_axes=('mlp', 'embed'),
                                   dtype=dt)

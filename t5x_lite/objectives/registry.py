@@ -45,6 +45,9 @@ class Objective:
       discriminator, a pooled classifier); None: models.arch_model.
     checkpoint_params: `fn(params) -> params` of what fine-tuning keeps
       (ELECTRA: the discriminator); None: all of them.
+    fresh_params: param path prefixes ('token_classifier',) that fine-tuning
+      from checkpoint.restore_from initialises instead of restoring: its new
+      heads, which a pretraining checkpoint lacks (or has at another size).
     metrics: the extra eval/* metrics its model reports, for docs.
     recipe: the config file that trains it (`path[:arg]`).
     check: `fn(config) -> None` raising ConfigError for settings it cannot
@@ -62,6 +65,7 @@ class Objective:
   options: Optional[type] = None
   make_model: Optional[Callable[..., Any]] = None
   checkpoint_params: Optional[Callable[[Any], Any]] = None
+  fresh_params: Tuple[str, ...] = ()
   metrics: Tuple[str, ...] = ()
   recipe: str = ''
   check: Optional[Callable[[Any], None]] = None

@@ -7,6 +7,10 @@ targets           -                      LMFeatureConverter        -
 masked_tokens     -                      -                         MaskedTokensFeatureConverter
 blank_infilling   -                      BlankInfillingFeatureConverter  -
 pooled_label      -                      -                         PooledLabelFeatureConverter
+masked_token_pairs -                     -                         MaskedTokenPairsFeatureConverter
+token_labels      -                      -                         TokenLabelsFeatureConverter
+span              -                      -                         SpanFeatureConverter
+sentences         -                      -                         SentencesFeatureConverter
 
 A task's layout is its objective's (t5x_lite/objectives/); the lengths each
 layout takes are t5x_lite/lengths.py's. Ours: seqio's EncoderFeatureConverter
@@ -179,6 +183,151 @@ class PooledLabelFeatureConverter(seqio.FeatureConverter):
     return {'encoder_input_tokens': task_feature_lengths['inputs'], 'label': 1}
 
 
+class SentencesFeatureConverter(seqio.FeatureConverter):
+  """One text per row (sentence embeddings): encoder_input_tokens [L] from
+  the task's `targets`.
+
+  Never packs: a row's embedding pools over all of its real tokens, so two
+  texts in one row would be embedded as one.
+  """
+  TASK_FEATURES = {'targets': FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {'encoder_input_tokens': FeatureSpec(dtype=tf.int32)}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack=False, **kwargs):
+    del pack  # one text per row, always
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    ds = seqio.utils.trim_and_pad_dataset(
+        ds, {'targets': task_feature_lengths['targets']})
+    return ds.map(lambda x: {'encoder_input_tokens': x['targets']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    return {'encoder_input_tokens': task_feature_lengths['targets']}
+
+
+class TokenLabelsFeatureConverter(seqio.FeatureConverter):
+  """A label per token (tagging): encoder_input_tokens [L] and
+  token_labels [L] (0 on padding, which the loss weights out by the tokens).
+
+  Never packs: rows are single passages (a packed row would also tag across
+  a passage boundary the model cannot see).
+  """
+  TASK_FEATURES = {'inputs': FeatureSpec(dtype=tf.int32),
+                   'token_labels': FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {'encoder_input_tokens': FeatureSpec(dtype=tf.int32),
+                    'token_labels': FeatureSpec(dtype=tf.int32)}
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack=False, **kwargs):
+    del pack  # one passage per row
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    ds = seqio.utils.trim_and_pad_dataset(
+        ds, {'inputs': length, 'token_labels': length})
+    return ds.map(lambda x: {'encoder_input_tokens': x['inputs'],
+                             'token_labels': x['token_labels']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    return {'encoder_input_tokens': length, 'token_labels': length}
+
+
+class SpanFeatureConverter(seqio.FeatureConverter):
+  """Extractive span: encoder_input_tokens [L], encoder_context_mask [L]
+  (1 where the answer may start or end) and int start_position /
+  end_position [] (token indices, inclusive). Never packs.
+  """
+  TASK_FEATURES = {'inputs': FeatureSpec(dtype=tf.int32),
+                   'context_mask': FeatureSpec(dtype=tf.int32)}
+  MODEL_FEATURES = {
+      'encoder_input_tokens': FeatureSpec(dtype=tf.int32),
+      'encoder_context_mask': FeatureSpec(dtype=tf.int32),
+      'start_position': FeatureSpec(dtype=tf.int32, rank=0),
+      'end_position': FeatureSpec(dtype=tf.int32, rank=0),
+  }
+  PACKING_FEATURE_DTYPES = {}
+
+  def __init__(self, pack=False, **kwargs):
+    del pack  # one question + passage per row
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    missing = [k for k in ('start_position', 'end_position')
+               if k not in ds.element_spec]
+    if missing:
+      raise ValueError(f'SpanFeatureConverter needs int32 {missing} '
+                       'features.')
+    length = task_feature_lengths['inputs']
+    ds = seqio.utils.trim_and_pad_dataset(
+        ds, {'inputs': length, 'context_mask': length})
+    return ds.map(lambda x: {'encoder_input_tokens': x['inputs'],
+                             'encoder_context_mask': x['context_mask'],
+                             'start_position': x['start_position'],
+                             'end_position': x['end_position']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    return {'encoder_input_tokens': length, 'encoder_context_mask': length,
+            'start_position': 1, 'end_position': 1}
+
+
+class MaskedTokenPairsFeatureConverter(seqio.FeatureConverter):
+  """Sentence pairs for MLM + next-sentence prediction (BERT,
+  tasks/sentence_pairs.py): the masked-token features plus
+  encoder_token_type_ids [L] (0 on [CLS] A [SEP] and padding, 1 on B [SEP])
+  and is_next_labels [] (1 IsNext, 0 NotNext).
+
+  Never packs: the IsNext head reads each row's first token, so one pair
+  per row.
+  """
+  TASK_FEATURES = {
+      'inputs': FeatureSpec(dtype=tf.int32),
+      'targets': FeatureSpec(dtype=tf.int32),
+  }
+  MODEL_FEATURES = {
+      'encoder_input_tokens': FeatureSpec(dtype=tf.int32),
+      'encoder_target_tokens': FeatureSpec(dtype=tf.int32),
+      'encoder_loss_weights': FeatureSpec(dtype=tf.int32),
+      'encoder_token_type_ids': FeatureSpec(dtype=tf.int32),
+      'is_next_labels': FeatureSpec(dtype=tf.int32, rank=0),
+  }
+  PACKING_FEATURE_DTYPES = {}
+  _PER_TOKEN = ('inputs', 'targets', 'loss_weights', 'token_type_ids')
+
+  def __init__(self, pack=False, **kwargs):
+    del pack  # one pair per row, always
+    super().__init__(pack=False, **kwargs)
+
+  def _convert_features(self, ds, task_feature_lengths):
+    missing = [k for k in self._PER_TOKEN[2:] + ('is_next',)
+               if k not in ds.element_spec]
+    if missing:
+      raise ValueError(f'MaskedTokenPairsFeatureConverter needs {missing} '
+                       'from tasks/sentence_pairs.pair_and_mask.')
+    length = task_feature_lengths['inputs']
+    ds = seqio.utils.trim_and_pad_dataset(
+        ds, {k: length for k in self._PER_TOKEN})
+    return ds.map(lambda x: {'encoder_input_tokens': x['inputs'],
+                             'encoder_target_tokens': x['targets'],
+                             'encoder_loss_weights': x['loss_weights'],
+                             'encoder_token_type_ids': x['token_type_ids'],
+                             'is_next_labels': x['is_next']},
+                  num_parallel_calls=tf.data.AUTOTUNE)
+
+  def get_model_feature_lengths(self, task_feature_lengths):
+    length = task_feature_lengths['inputs']
+    lengths = {k: length for k in self.MODEL_FEATURES}
+    lengths['is_next_labels'] = 1
+    return lengths
+
+
 # layout -> {arch: converter class}
 CONVERTERS = {
     'inputs_targets': {'encoder_decoder': seqio.EncDecFeatureConverter,
@@ -187,6 +336,10 @@ CONVERTERS = {
     'masked_tokens': {'encoder_only': MaskedTokensFeatureConverter},
     'blank_infilling': {'decoder_only': BlankInfillingFeatureConverter},
     'pooled_label': {'encoder_only': PooledLabelFeatureConverter},
+    'masked_token_pairs': {'encoder_only': MaskedTokenPairsFeatureConverter},
+    'token_labels': {'encoder_only': TokenLabelsFeatureConverter},
+    'span': {'encoder_only': SpanFeatureConverter},
+    'sentences': {'encoder_only': SentencesFeatureConverter},
 }
 
 

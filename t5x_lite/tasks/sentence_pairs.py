@@ -1,0 +1,241 @@
+"""Sentence pairs for BERT's next-sentence prediction (objective mlm_nsp).
+
+The source: the lines of a built corpus (shakespeare: one speech or
+paragraph a line, the plays one after another). Every line A whose next line
+is in the same work starts one pair (`build_pairs`, pure numpy, seeded):
+
+  IsNext (1)   B = the line after A;
+  NotNext (0)  B = a line drawn uniformly from the rest of the split: never A
+               itself, never A's true next line, never a line with the same
+               text as that next line (a repeated "ACT II." would be a false
+               negative).
+
+The labels are balanced by construction, not drawn one by one: the pairs
+come in consecutive blocks of two (in corpus order) and one of each block,
+at random, is IsNext. Any run of pairs is then within one pair of 50%
+IsNext, and shuffling (seqio's buffer) keeps no trace of the blocks. A split
+always gets the same pairs (PAIR_SEED): resume and evaluation see the same
+data; a long run sees the same negatives each epoch (one epoch of the train
+split is ~38k pairs, more than the tiny recipes train on).
+
+Then per pair (`pair_and_mask`, stateless seeds from seqio's map seed, as
+tasks/preprocessors.py does):
+
+  inputs          [CLS] A [SEP] B [SEP] with BERT's masking over A and B
+  targets         the unmasked pair
+  loss_weights    1 at the selected positions (15% of A's and B's tokens)
+  token_type_ids  0 for [CLS] A [SEP], 1 for B [SEP]
+  is_next         1 IsNext / 0 NotNext
+
+[CLS] is vocabularies.cls_id; [SEP] is EOS (prepend_cls_and_append_eos ends
+a classifier's input with it too). [CLS] and [SEP] are never selected. When
+the pair is longer than the row, the longer side is cut first (BERT's
+rule); A keeps its end and B its beginning, the tokens next to the boundary
+the prediction is about.
+"""
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+from t5x_lite.tasks import corpora
+from t5x_lite.tasks import preprocessors as prep
+from t5x_lite.tasks import registry
+from t5x_lite.tasks import vocabularies
+
+PAIR_SEED = 0
+# BERT's masking (the masked-LM objective's rates): 15% selected; of those
+# 80% [MASK], 10% a random token, 10% kept.
+SELECT_RATE, MASK_RATE, RANDOM_RATE = 0.15, 0.8, 0.1
+# The line after a play's title line; a new work starts at the title.
+WORK_BYLINE = 'by William Shakespeare'
+TASKS = ('shakespeare_mlm_nsp',)
+
+
+# ---- pairs (numpy, no TensorFlow needed to test them) ---------------------------
+
+
+def work_ids(lines: Sequence[str], byline: str = WORK_BYLINE) -> np.ndarray:
+  """[n] int: the index of the work each line belongs to. A work starts at
+  the line before each `byline` (its title); a text without bylines is one
+  work."""
+  starts = np.zeros(len(lines), np.int64)
+  for i, line in enumerate(lines):
+    if line.strip() == byline and i > 0:
+      starts[i - 1] = 1
+  starts[0] = 0
+  return np.cumsum(starts)
+
+
+def build_pairs(lines: Sequence[str], seed: int = PAIR_SEED,
+                works: Optional[np.ndarray] = None
+                ) -> List[Tuple[int, int, int]]:
+  """[(index of A, index of B, is_next)], one per line with a next line in
+  its work, in corpus order (module doc for the rules)."""
+  n = len(lines)
+  works = work_ids(lines) if works is None else np.asarray(works)
+  if n < 4:
+    raise ValueError(f'Sentence pairs need at least 4 lines, got {n}.')
+  starts = np.flatnonzero(works[:-1] == works[1:])  # A positions
+  rng = np.random.default_rng(seed)
+  # One IsNext in each block of two pairs (the last block may be one pair).
+  is_next = np.zeros(len(starts), np.int64)
+  first = rng.integers(0, 2, size=(len(starts) + 1) // 2)
+  is_next[0::2] = first[:len(is_next[0::2])]
+  is_next[1::2] = 1 - first[:len(is_next[1::2])]
+  if len(starts) % 2:  # a lone last pair: its own coin
+    is_next[-1] = rng.integers(0, 2)
+  pairs = []
+  for a, label in zip(starts.tolist(), is_next.tolist()):
+    b = a + 1
+    if not label:
+      true_next = lines[a + 1]
+      while True:
+        b = int(rng.integers(0, n))
+        if b not in (a, a + 1) and lines[b] != true_next:
+          break
+    pairs.append((a, b, int(label)))
+  return pairs
+
+
+def read_lines(path: str) -> List[str]:
+  """The non-empty lines of a corpus file, stripped."""
+  with tf.io.gfile.GFile(path) as f:
+    return [line.strip() for line in f if line.strip()]
+
+
+class SentencePairSource(seqio.DataSource):
+  """{'a', 'b': tf.string, 'is_next': tf.int32} pairs of a built corpus.
+
+  The pairs of a split are built once per process (numpy) and served from
+  memory; shards take every num_shards-th pair.
+  """
+
+  def __init__(self, corpus: str = 'shakespeare', seed: int = PAIR_SEED):
+    self._corpus = corpus
+    self._seed = seed
+    self._cache = {}
+    super().__init__(splits=corpora.CORPORA[corpus][1])
+
+  @property
+  def supports_arbitrary_sharding(self) -> bool:
+    return True
+
+  def list_shards(self, split: str) -> Sequence[str]:
+    corpora.require(self._corpus)
+    return [corpora.split_path(self._corpus, split)]
+
+  def pairs(self, split: str) -> Tuple[List[str], List[Tuple[int, int, int]]]:
+    """(the split's lines, its pairs)."""
+    if split not in self._cache:
+      lines = read_lines(self.list_shards(split)[0])
+      self._cache[split] = (lines, build_pairs(lines, self._seed))
+    return self._cache[split]
+
+  def num_input_examples(self, split: str) -> Optional[int]:
+    if not corpora.is_built(self._corpus):
+      return None
+    return len(self.pairs(split)[1])
+
+  def get_dataset(self, split='train', shuffle=True, seed=None,
+                  shard_info=None, *, sequence_length=None, use_cached=False,
+                  num_epochs=1):
+    del shuffle, seed, sequence_length, use_cached  # the Task shuffles
+    lines, pairs = self.pairs(split)
+    a, b, is_next = zip(*pairs)
+    ds = tf.data.Dataset.from_tensor_slices({
+        'a': tf.constant([lines[i] for i in a]),
+        'b': tf.constant([lines[i] for i in b]),
+        'is_next': tf.constant(is_next, tf.int32)})
+    if shard_info and shard_info.num_shards > 1:
+      ds = ds.shard(shard_info.num_shards, shard_info.index)
+    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+
+
+# ---- seqio steps --------------------------------------------------------------------
+
+
+def tokenize_pair(dataset, output_features):
+  """'a' and 'b' text -> int32 ids with the inputs vocabulary (no EOS)."""
+  vocab = output_features['inputs'].vocabulary
+
+  @prep.graph_fn
+  def _fn(x):
+    return {'a': tf.cast(vocab.encode_tf(x['a']), tf.int32),
+            'b': tf.cast(vocab.encode_tf(x['b']), tf.int32),
+            'is_next': x['is_next']}
+
+  return dataset.map(_fn, num_parallel_calls=prep.AUTOTUNE)
+
+
+def fit_lengths(len_a, len_b, budget):
+  """(kept A, kept B) tokens, longest first: the shorter side is kept whole
+  when it fits half the budget; otherwise both get about half."""
+  keep_a = tf.minimum(len_a, tf.maximum(budget // 2, budget - len_b))
+  return keep_a, tf.minimum(len_b, budget - keep_a)
+
+
+def pair_and_mask(dataset, sequence_length, output_features,
+                  select_rate=SELECT_RATE, mask_rate=MASK_RATE,
+                  random_rate=RANDOM_RATE):
+  """[CLS] A [SEP] B [SEP], token types, BERT masking (module doc)."""
+  length = (sequence_length or {}).get('inputs')
+  if not length or length < 5:
+    raise ValueError(f'pair_and_mask needs sequence_length inputs >= 5 (got '
+                     f'{sequence_length}); set task.feature_lengths.inputs.')
+  vocab = output_features['inputs'].vocabulary
+  cls, sep, mask = (vocabularies.cls_id(vocab), vocab.eos_id,
+                    vocabularies.mask_id(vocab))
+  low, high = vocabularies.regular_id_range(vocab)
+
+  @seqio.map_over_dataset(num_seeds=3)
+  @prep.graph_fn
+  def _fn(x, seeds):
+    keep_a, keep_b = fit_lengths(tf.size(x['a']), tf.size(x['b']), length - 3)
+    a = x['a'][tf.size(x['a']) - keep_a:]  # A's end: next to the boundary
+    b = x['b'][:keep_b]
+    tokens = tf.concat([[cls], a, [sep], b, [sep]], 0)
+    n = tf.size(tokens)
+    types = tf.concat([tf.zeros([keep_a + 2], tf.int32),
+                       tf.ones([keep_b + 1], tf.int32)], 0)
+    special = tf.concat([[True], tf.zeros([keep_a], tf.bool), [True],
+                         tf.zeros([keep_b], tf.bool), [True]], 0)
+    # Exactly max(1, round(rate x text tokens)) text positions: the lowest
+    # random keys, special positions pushed past every text one.
+    num_text = keep_a + keep_b
+    num = tf.maximum(1, tf.cast(tf.round(
+        tf.cast(num_text, tf.float32) * select_rate), tf.int32))
+    num = tf.minimum(num, num_text)
+    keys = tf.random.stateless_uniform([n], seeds[0])
+    keys = tf.where(special, 2.0, keys)
+    order = tf.argsort(keys)
+    selected = tf.scatter_nd(order[:num, None], tf.ones([num], tf.int32),
+                             [n]) > 0
+    u = tf.random.stateless_uniform([n], seeds[1])
+    random_ids = tf.random.stateless_uniform([n], seeds[2], minval=low,
+                                             maxval=high, dtype=tf.int32)
+    inputs = tf.where(selected & (u < mask_rate), mask, tokens)
+    inputs = tf.where(
+        selected & (u >= mask_rate) & (u < mask_rate + random_rate),
+        random_ids, inputs)
+    return {'inputs': inputs, 'targets': tokens,
+            'loss_weights': tf.cast(selected, tf.int32),
+            'token_type_ids': types, 'is_next': x['is_next']}
+
+  return _fn(dataset)
+
+
+# ---- registration -------------------------------------------------------------------
+
+
+def register_pair_task(name: str, corpus: str, objective: str, *,
+                       vocabulary=None) -> seqio.Task:
+  """A sentence-pair task over a built corpus's lines, training `objective`
+  (one whose layout is masked_token_pairs): BERT's masking over
+  [CLS] A [SEP] B [SEP]. tasks/builtin.py registers TASKS with it."""
+  return registry.register_task(
+      name, SentencePairSource(corpus), [tokenize_pair, pair_and_mask],
+      vocabularies.output_features(vocabularies.vocabulary(vocabulary),
+                                   add_eos=False),
+      objective=objective)
