@@ -28,22 +28,23 @@ RECIPES = {
 }
 
 
-def get_config(size='tiny'):
+def encoder_config(size, recipes, file_name):
+  """What the encoder fine-tuning configs share (this file's, finetune_tagger's
+  and finetune_span's): the `encoder_<size>` model of the corpus vocabulary
+  with dropout 0.1, one example per row, AdamW with linear decay after 10%
+  warmup, eval on the whole validation split, one checkpoint at the end.
+  `recipes`: size -> (batch, steps, peak learning rate)."""
   size = size or 'tiny'
-  if size not in RECIPES:
-    raise ValueError(f'finetune_classifier size {size!r}: use one of '
-                     f'{", ".join(RECIPES)}.')
-  batch, steps, lr = RECIPES[size]
+  if size not in recipes:
+    raise ValueError(f'{file_name} size {size!r}: use one of '
+                     f'{", ".join(recipes)}.')
+  batch, steps, lr = recipes[size]
   c = default.get_config()
   models.apply_size(c, f'encoder_{size}')
-  c.objective.name = 'classification'
-  c.model.num_classes = 2
-  c.model.vocab_size = 4224
+  c.model.vocab_size = 4224  # the corpus vocabulary (4100), padded to 128
   c.model.dropout_rate = 0.1
-  c.task.name = 'sentiment_classification'
-  c.task.feature_lengths.inputs = 64  # [CLS] + snippet + EOS
-  c.task.feature_lengths.targets = 4  # unused by classification
-  c.task.pack = False  # one example per row for the pooled head
+  c.task.feature_lengths.targets = 4  # unused by the encoder's heads
+  c.task.pack = False  # one example per row (a head reads its own row)
   c.train.batch_size = batch
   c.train.num_steps = steps
   c.train.log_every_steps = 50
@@ -53,8 +54,17 @@ def get_config(size='tiny'):
   c.optimizer.warmup_steps = steps // 10
   c.optimizer.weight_decay = 0.01
   c.optimizer.grad_clip_norm = 1.0
-  c.eval.every_steps = max(100, steps // 4)
   c.eval.num_batches = -1  # the whole validation split
   c.checkpoint.every_steps = steps
   c.checkpoint.keep = 1
+  return c
+
+
+def get_config(size='tiny'):
+  c = encoder_config(size, RECIPES, 'finetune_classifier')
+  c.objective.name = 'classification'
+  c.model.num_classes = 2
+  c.task.name = 'sentiment_classification'
+  c.task.feature_lengths.inputs = 64  # [CLS] + snippet + EOS
+  c.eval.every_steps = max(100, c.train.num_steps // 4)
   return c

@@ -14,8 +14,7 @@ the held-out plays. With restore_from, the encoder (and the MLM head) come
 from the checkpoint and token_classifier/ starts fresh (the objective's
 fresh_params, named in the log); without it everything trains from scratch.
 """
-from t5x_lite.configs import default
-from t5x_lite.configs import models
+from t5x_lite.configs import finetune_classifier
 
 # size -> (batch, steps, peak learning rate)
 RECIPES = {
@@ -27,32 +26,10 @@ RECIPES = {
 
 
 def get_config(size='tiny'):
-  size = size or 'tiny'
-  if size not in RECIPES:
-    raise ValueError(f'finetune_tagger size {size!r}: use one of '
-                     f'{", ".join(RECIPES)}.')
-  batch, steps, lr = RECIPES[size]
-  c = default.get_config()
-  models.apply_size(c, f'encoder_{size}')
+  c = finetune_classifier.encoder_config(size, RECIPES, 'finetune_tagger')
   c.objective.name = 'token_classification'
   c.model.num_token_labels = 3  # O, B, I
-  c.model.vocab_size = 4224
-  c.model.dropout_rate = 0.1
   c.task.name = 'shakespeare_speaker_tags'
   c.task.feature_lengths.inputs = 128  # four speeches of <= 16 words + EOS
-  c.task.feature_lengths.targets = 4  # unused by tagging
-  c.task.pack = False  # one passage per row
-  c.train.batch_size = batch
-  c.train.num_steps = steps
-  c.train.log_every_steps = 50
-  c.optimizer.name = 'adamw'
-  c.optimizer.learning_rate = lr
-  c.optimizer.schedule = 'linear'
-  c.optimizer.warmup_steps = steps // 10
-  c.optimizer.weight_decay = 0.01
-  c.optimizer.grad_clip_norm = 1.0
-  c.eval.every_steps = max(100, steps // 3)
-  c.eval.num_batches = -1  # the whole validation split
-  c.checkpoint.every_steps = steps
-  c.checkpoint.keep = 1
+  c.eval.every_steps = max(100, c.train.num_steps // 3)
   return c

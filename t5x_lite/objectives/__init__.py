@@ -1,7 +1,8 @@
 """Objectives: one module each, registered by name (registry.py).
 
   span_corruption  prefix_lm  causal_lm  mlm  electra  glm  (pretraining)
-  mlm_nsp (nsp.py)                                         (pretraining)
+  mlm_nsp (nsp.py)  transformer_xl  contrastive  mlm_contrastive
+                                                           (pretraining)
   text_to_text  classification                           (fine-tuning)
   token_classification  span_extraction                  (fine-tuning heads)
 

@@ -314,6 +314,21 @@ def _select(length, rate, seed):
                        [length]) > 0
 
 
+def replace_selected(tokens, selected, seeds, mask_id, regular_ids,
+                     mask_rate, random_rate):
+  """BERT's corruption of the `selected` positions of `tokens` [n]: a
+  `mask_rate` share become `mask_id`, a `random_rate` share a random id in
+  [regular_ids), the rest stay. seeds: two stateless seeds."""
+  n = tf.size(tokens)
+  u = tf.random.stateless_uniform([n], seeds[0])
+  random_ids = tf.random.stateless_uniform(
+      [n], seeds[1], minval=regular_ids[0], maxval=regular_ids[1],
+      dtype=tf.int32)
+  inputs = tf.where(selected & (u < mask_rate), mask_id, tokens)
+  return tf.where(selected & (u >= mask_rate) & (u < mask_rate + random_rate),
+                  random_ids, inputs)
+
+
 def mask_tokens(dataset, sequence_length, output_features, select_rate=0.15,
                 mask_rate=0.8, random_rate=0.1):
   """A `select_rate` share of positions selected (loss_weights=1); of those
@@ -331,13 +346,8 @@ def mask_tokens(dataset, sequence_length, output_features, select_rate=0.15,
     tokens = x['targets']
     n = tf.size(tokens)
     selected = _select(n, select_rate, seeds[0])
-    u = tf.random.stateless_uniform([n], seeds[1])
-    random_ids = tf.random.stateless_uniform([n], seeds[2], minval=low,
-                                             maxval=high, dtype=tf.int32)
-    inputs = tf.where(selected & (u < mask_rate), mask, tokens)
-    inputs = tf.where(
-        selected & (u >= mask_rate) & (u < mask_rate + random_rate),
-        random_ids, inputs)
+    inputs = replace_selected(tokens, selected, seeds[1:], mask, (low, high),
+                              mask_rate, random_rate)
     return {'inputs': tf.concat([inputs, [eos]], 0),
             'targets': tf.concat([tokens, [eos]], 0),
             'loss_weights': tf.concat([tf.cast(selected, tf.int32), [0]], 0)}

@@ -212,13 +212,8 @@ def pair_and_mask(dataset, sequence_length, output_features,
     order = tf.argsort(keys)
     selected = tf.scatter_nd(order[:num, None], tf.ones([num], tf.int32),
                              [n]) > 0
-    u = tf.random.stateless_uniform([n], seeds[1])
-    random_ids = tf.random.stateless_uniform([n], seeds[2], minval=low,
-                                             maxval=high, dtype=tf.int32)
-    inputs = tf.where(selected & (u < mask_rate), mask, tokens)
-    inputs = tf.where(
-        selected & (u >= mask_rate) & (u < mask_rate + random_rate),
-        random_ids, inputs)
+    inputs = prep.replace_selected(tokens, selected, seeds[1:], mask,
+                                   (low, high), mask_rate, random_rate)
     return {'inputs': inputs, 'targets': tokens,
             'loss_weights': tf.cast(selected, tf.int32),
             'token_type_ids': types, 'is_next': x['is_next']}
