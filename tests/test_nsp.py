@@ -1,7 +1,8 @@
 """BERT's next-sentence prediction (objectives/nsp.py, tasks/sentence_pairs.py).
 
 On the shipped corpus (`make data`): pair statistics over 1,000 pairs (50 ±
-2% IsNext, a negative's B never A's own line or its true next one), the rows
+2% IsNext, a negative's B from another play, never A's true next text; in a
+one-work corpus never overlapping A or its next segment), the rows
 the task builds (`[CLS] A [SEP] B [SEP]`, token types, masking that never
 touches [CLS]/[SEP], truncation), the segment embeddings (off: the default
 tree; on: only added), the loss against a hand computation, the config
@@ -59,21 +60,42 @@ def _nsp_config(length=LENGTH, batch=4):
 def test_pair_statistics_over_1000_pairs():
   lines = _lines('train')
   works = sentence_pairs.work_ids(lines)
+  k = sentence_pairs.SEGMENT_LINES
   pairs = sentence_pairs.build_pairs(lines)
   assert works[-1] + 1 >= 30  # the plays are told apart
   first = pairs[:1000]
   rate = np.mean([p[2] for p in first])
   assert abs(rate - 0.5) <= 0.02, rate
   for a, b, is_next in pairs:
-    if is_next:
-      assert b == a + 1 and works[a] == works[b]
-    else:  # another place: never A, never A's next line or its text
-      assert b not in (a, a + 1) and lines[b] != lines[a + 1]
-  # A is every line with a next line in its work; seeded and deterministic.
+    if is_next:  # the segment right after A, in A's work
+      assert b == a + k and works[a] == works[b + k - 1]
+    else:  # another work (BERT's other document), never A's next text
+      assert works[b] != works[a] and works[b] == works[b + k - 1]
+      assert lines[b:b + k] != lines[a + k:a + 2 * k]
+  # A is every line whose 2k lines from it lie in one work; seeded.
   assert [p[0] for p in pairs] == [
-      i for i in range(len(lines) - 1) if works[i] == works[i + 1]]
+      i for i in range(len(lines) - 2 * k + 1)
+      if works[i] == works[i + 2 * k - 1]]
   assert pairs == sentence_pairs.build_pairs(lines)
   assert pairs != sentence_pairs.build_pairs(lines, seed=1)
+
+
+def test_one_work_negatives_overlap_neither_a_nor_its_next():
+  lines = [f'Line number {i} of a corpus without bylines.' for i in range(40)]
+  for k in (1, 2, 3):
+    pairs = sentence_pairs.build_pairs(lines, segment_lines=k)
+    assert [p[0] for p in pairs] == list(range(len(lines) - 2 * k + 1))
+    assert abs(np.mean([p[2] for p in pairs]) - 0.5) <= 1 / len(pairs)
+    for a, b, is_next in pairs:
+      if is_next:
+        assert b == a + k
+      else:  # [b, b + k) misses [a, a + 2k), and B is a whole segment
+        assert (b + k <= a or b >= a + 2 * k) and b + k <= len(lines)
+  assert sentence_pairs.segment_text(lines, 3, 2) == ' '.join(lines[3:5])
+  with pytest.raises(ValueError, match='segment_lines'):
+    sentence_pairs.build_pairs(lines, segment_lines=0)
+  with pytest.raises(ValueError, match='too small|at least'):
+    sentence_pairs.build_pairs(lines[:6], segment_lines=3)
 
 
 @NEEDS_DATA
@@ -117,7 +139,8 @@ def test_rows_are_cls_a_sep_b_sep_with_types_and_masking():
     seps = np.flatnonzero(tgt == sep)
     assert tgt[0] == cls and len(seps) == 2 and seps[1] == n - 1
     # A keeps its end, B its beginning (the tokens at the boundary).
-    a_ids, b_ids = vocab.encode(lines[a]), vocab.encode(lines[b])
+    a_ids = vocab.encode(sentence_pairs.segment_text(lines, a))
+    b_ids = vocab.encode(sentence_pairs.segment_text(lines, b))
     kept_a, kept_b = tgt[1:seps[0]].tolist(), tgt[seps[0] + 1:n - 1].tolist()
     assert kept_a == a_ids[len(a_ids) - len(kept_a):]
     assert kept_b == b_ids[:len(kept_b)]

@@ -1,14 +1,27 @@
 """Sentence pairs for BERT's next-sentence prediction (objective mlm_nsp).
 
 The source: the lines of a built corpus (shakespeare: one speech or
-paragraph a line, the plays one after another). Every line A whose next line
-is in the same work starts one pair (`build_pairs`, pure numpy, seeded):
+paragraph a line, the plays one after another). As in BERT, a "sentence" is
+a span of text, not one linguistic sentence: A and B are each `segment_lines`
+consecutive lines (SEGMENT_LINES = 3, a short exchange of speeches). Every
+line that starts an A whose next segment is in the same work starts one pair
+(`build_pairs`, pure numpy, seeded):
 
-  IsNext (1)   B = the line after A;
-  NotNext (0)  B = a line drawn uniformly from the rest of the split: never A
-               itself, never A's true next line, never a line with the same
-               text as that next line (a repeated "ACT II." would be a false
+  IsNext (1)   B = the segment right after A;
+  NotNext (0)  B = a segment drawn uniformly from another work (BERT's
+               "random sentence from another document"). A corpus of one
+               work (no bylines) draws from anywhere that overlaps neither A
+               nor its true next segment. Never a segment with the same text
+               as A's true next one (a repeated "ACT II." would be a false
                negative).
+
+With one line a side and negatives from anywhere (the first version), NSP
+stayed at chance on the tiny encoder for 6000 steps: validation has two
+plays, so half its negatives came from A's own play, and one speech each
+leaves little to compare. With three lines a side the speakers of an
+IsNext pair recur across the boundary: "A and B share a speaker's name"
+alone is right on ~90% of the pairs (README, "BERT's next-sentence
+prediction", says what the models learn of it).
 
 The labels are balanced by construction, not drawn one by one: the pairs
 come in consecutive blocks of two (in corpus order) and one of each block,
@@ -16,7 +29,7 @@ at random, is IsNext. Any run of pairs is then within one pair of 50%
 IsNext, and shuffling (seqio's buffer) keeps no trace of the blocks. A split
 always gets the same pairs (PAIR_SEED): resume and evaluation see the same
 data; a long run sees the same negatives each epoch (one epoch of the train
-split is ~38k pairs, more than the tiny recipes train on).
+split is ~39k pairs, more than the tiny recipes train on).
 
 Then per pair (`pair_and_mask`, stateless seeds from seqio's map seed, as
 tasks/preprocessors.py does):
@@ -50,6 +63,8 @@ PAIR_SEED = 0
 SELECT_RATE, MASK_RATE, RANDOM_RATE = 0.15, 0.8, 0.1
 # The line after a play's title line; a new work starts at the title.
 WORK_BYLINE = 'by William Shakespeare'
+# Lines per side of a pair: A and B are each this many consecutive lines.
+SEGMENT_LINES = 3
 TASKS = ('shakespeare_mlm_nsp',)
 
 
@@ -69,15 +84,21 @@ def work_ids(lines: Sequence[str], byline: str = WORK_BYLINE) -> np.ndarray:
 
 
 def build_pairs(lines: Sequence[str], seed: int = PAIR_SEED,
-                works: Optional[np.ndarray] = None
+                works: Optional[np.ndarray] = None,
+                segment_lines: int = SEGMENT_LINES
                 ) -> List[Tuple[int, int, int]]:
-  """[(index of A, index of B, is_next)], one per line with a next line in
-  its work, in corpus order (module doc for the rules)."""
-  n = len(lines)
+  """[(first line of A, first line of B, is_next)], one per line that starts
+  an A of `segment_lines` lines with a next segment in its work, in corpus
+  order (module doc for the rules). `segment_text` joins a segment."""
+  n, k = len(lines), int(segment_lines)
+  if k < 1:
+    raise ValueError(f'segment_lines must be >= 1, got {segment_lines}.')
   works = work_ids(lines) if works is None else np.asarray(works)
-  if n < 4:
-    raise ValueError(f'Sentence pairs need at least 4 lines, got {n}.')
-  starts = np.flatnonzero(works[:-1] == works[1:])  # A positions
+  # A at a: lines a .. a + 2k - 1 (A and its next segment) in one work.
+  starts = np.flatnonzero(works[:n - 2 * k + 1] == works[2 * k - 1:])
+  if len(starts) < 2:
+    raise ValueError(f'Sentence pairs of {k}-line segments need at least '
+                     f'{2 * k + 1} lines in a work, got {n} lines.')
   rng = np.random.default_rng(seed)
   # One IsNext in each block of two pairs (the last block may be one pair).
   is_next = np.zeros(len(starts), np.int64)
@@ -86,17 +107,41 @@ def build_pairs(lines: Sequence[str], seed: int = PAIR_SEED,
   is_next[1::2] = 1 - first[:len(is_next[1::2])]
   if len(starts) % 2:  # a lone last pair: its own coin
     is_next[-1] = rng.integers(0, 2)
+  # Segment starts (k lines in one work), and per work those of the others.
+  segments = np.flatnonzero(works[:n - k + 1] == works[k - 1:])
+  num_works = int(works.max()) + 1
+  elsewhere = {w: segments[works[segments] != w] for w in range(num_works)}
   pairs = []
   for a, label in zip(starts.tolist(), is_next.tolist()):
-    b = a + 1
+    b = a + k
     if not label:
-      true_next = lines[a + 1]
-      while True:
-        b = int(rng.integers(0, n))
-        if b not in (a, a + 1) and lines[b] != true_next:
-          break
+      b = _draw_negative(rng, lines, a, k, elsewhere[works[a]]
+                         if num_works > 1 else segments, num_works == 1)
     pairs.append((a, b, int(label)))
   return pairs
+
+
+def _draw_negative(rng, lines, a, k, pool, same_work):
+  """A NotNext B for the A at `a`: uniform over `pool`, never A's true next
+  text, and (one work) never overlapping A or its next segment."""
+  true_next = lines[a + k:a + 2 * k]
+  ok = lambda b: (lines[b:b + k] != true_next and
+                  not (same_work and a - k < b < a + 2 * k))
+  for _ in range(100):  # rejection: the pool is nearly all valid
+    b = int(pool[rng.integers(0, len(pool))]) if len(pool) else None
+    if b is not None and ok(b):
+      return b
+  valid = [int(b) for b in pool if ok(int(b))]
+  if not valid:
+    raise ValueError(f'No segment can be the NotNext B of line {a}: the '
+                     'corpus is too small for sentence pairs.')
+  return valid[rng.integers(0, len(valid))]
+
+
+def segment_text(lines: Sequence[str], start: int,
+                 segment_lines: int = SEGMENT_LINES) -> str:
+  """The text of the segment at `start`: its lines joined by spaces."""
+  return ' '.join(lines[start:start + segment_lines])
 
 
 def read_lines(path: str) -> List[str]:
@@ -106,15 +151,18 @@ def read_lines(path: str) -> List[str]:
 
 
 class SentencePairSource(seqio.DataSource):
-  """{'a', 'b': tf.string, 'is_next': tf.int32} pairs of a built corpus.
+  """{'a', 'b': tf.string, 'is_next': tf.int32} pairs of a built corpus:
+  A and B are `segment_lines`-line segments (build_pairs).
 
   The pairs of a split are built once per process (numpy) and served from
   memory; shards take every num_shards-th pair.
   """
 
-  def __init__(self, corpus: str = 'shakespeare', seed: int = PAIR_SEED):
+  def __init__(self, corpus: str = 'shakespeare', seed: int = PAIR_SEED,
+               segment_lines: int = SEGMENT_LINES):
     self._corpus = corpus
     self._seed = seed
+    self.segment_lines = segment_lines
     self._cache = {}
     super().__init__(splits=corpora.CORPORA[corpus][1])
 
@@ -130,7 +178,8 @@ class SentencePairSource(seqio.DataSource):
     """(the split's lines, its pairs)."""
     if split not in self._cache:
       lines = read_lines(self.list_shards(split)[0])
-      self._cache[split] = (lines, build_pairs(lines, self._seed))
+      self._cache[split] = (lines, build_pairs(
+          lines, self._seed, segment_lines=self.segment_lines))
     return self._cache[split]
 
   def num_input_examples(self, split: str) -> Optional[int]:
@@ -144,9 +193,10 @@ class SentencePairSource(seqio.DataSource):
     del shuffle, seed, sequence_length, use_cached  # the Task shuffles
     lines, pairs = self.pairs(split)
     a, b, is_next = zip(*pairs)
+    text = lambda starts: tf.constant(
+        [segment_text(lines, i, self.segment_lines) for i in starts])
     ds = tf.data.Dataset.from_tensor_slices({
-        'a': tf.constant([lines[i] for i in a]),
-        'b': tf.constant([lines[i] for i in b]),
+        'a': text(a), 'b': text(b),
         'is_next': tf.constant(is_next, tf.int32)})
     if shard_info and shard_info.num_shards > 1:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
@@ -225,12 +275,15 @@ def pair_and_mask(dataset, sequence_length, output_features,
 
 
 def register_pair_task(name: str, corpus: str, objective: str, *,
-                       vocabulary=None) -> seqio.Task:
+                       vocabulary=None,
+                       segment_lines: int = SEGMENT_LINES) -> seqio.Task:
   """A sentence-pair task over a built corpus's lines, training `objective`
   (one whose layout is masked_token_pairs): BERT's masking over
-  [CLS] A [SEP] B [SEP]. tasks/builtin.py registers TASKS with it."""
+  [CLS] A [SEP] B [SEP], A and B `segment_lines` lines each.
+  tasks/builtin.py registers TASKS with it."""
   return registry.register_task(
-      name, SentencePairSource(corpus), [tokenize_pair, pair_and_mask],
+      name, SentencePairSource(corpus, segment_lines=segment_lines),
+      [tokenize_pair, pair_and_mask],
       vocabularies.output_features(vocabularies.vocabulary(vocabulary),
                                    add_eos=False),
       objective=objective)
