@@ -160,6 +160,8 @@ class EncoderOnly(nn.Module):
             pretraining). Only with model.type_vocab_size > 0, which also
             adds token_type_embedder/ (summed with the token embeddings,
             batch feature encoder_token_type_ids) and nsp_head/.
+  `mlm_positions` [batch, K] (BERT's masked_lm_positions) makes vocab and
+  vocab_nsp gather those positions first: vocab logits [batch, K, vocab].
   """
   config: ModelConfig
   HEADS = ('vocab', 'binary', 'pooled', 'hidden', 'tokens', 'span')
@@ -202,7 +204,12 @@ class EncoderOnly(nn.Module):
     self.span_head = dense(2, kernel_axes=('embed', 'classes'),
                            output_dtype=jnp.float32)
 
-  def _vocab_logits(self, h):
+  def _vocab_logits(self, h, positions=None):
+    if positions is not None:
+      # BERT's masked_lm_positions: only the selected positions reach the
+      # vocabulary projection (the costliest matmul of a small encoder).
+      h = jnp.take_along_axis(h, positions[..., None].astype(jnp.int32),
+                              axis=1)  # [batch, K, embed]
     y = self.mlm_norm(jax.nn.gelu(self.mlm_dense(h), approximate=True))
     logits = self.token_embedder.attend(y) * (self.config.emb_dim ** -0.5)
     logits = logits + self.mlm_bias
@@ -234,7 +241,7 @@ class EncoderOnly(nn.Module):
 
   def __call__(self, encoder_input_tokens, encoder_segment_ids=None,
                encoder_positions=None, encoder_token_type_ids=None, *,
-               enable_dropout=False, head='vocab'):
+               enable_dropout=False, head='vocab', mlm_positions=None):
     pairs = self.config.type_vocab_size > 0
     if head not in self.HEADS + (self.PAIR_HEADS if pairs else ()):
       hint = (f'; {head!r} needs model.type_vocab_size=2'
@@ -250,13 +257,13 @@ class EncoderOnly(nn.Module):
     if head == 'nsp':
       return self._nsp_logits(h, det)
     if head == 'vocab_nsp':
-      return self._vocab_logits(h), self._nsp_logits(h, det)
+      return self._vocab_logits(h, mlm_positions), self._nsp_logits(h, det)
     if self.is_initializing():  # create every head's params
       self._vocab_logits(h)
       self._binary_logits(h)
       self._pooled_logits(h, det)
     if head == 'vocab':
-      return self._vocab_logits(h)
+      return self._vocab_logits(h, mlm_positions)
     if head == 'binary':
       return self._binary_logits(h)
     if head == 'pooled':

@@ -207,7 +207,9 @@ def test_segment_embeddings_off_keep_the_tree_and_on_only_add():
 
 def test_loss_is_mlm_mean_plus_nsp_mean_by_hand():
   cfg, module = _encoder(2)
-  model = nsp.NspModel(module, cfg, nsp.Options(nsp_weight=0.5))
+  # Half the positions selected: more than K, so every position is scored.
+  model = nsp.NspModel(module, cfg, nsp.Options(nsp_weight=0.5,
+                                                max_predictions=0))
   rng = np.random.default_rng(0)
   b, n = 3, 8
   batch = {
@@ -241,6 +243,52 @@ def test_loss_is_mlm_mean_plus_nsp_mean_by_hand():
       metrics['nsp_accuracy'],
       (np.asarray(nsp_logits).argmax(-1) == labels).mean(), rtol=1e-6)
   np.testing.assert_allclose(metrics['is_next_rate'], 2 / 3, rtol=1e-6)
+
+
+def test_gathered_positions_give_the_full_loss_and_gradients():
+  """BERT's masked_lm_positions: the vocabulary logits at the first K
+  selected positions only (K = max_predictions) give the same loss, metrics
+  and gradients as logits at every position, when no row selects more."""
+  cfg, module = _encoder(2)
+  n = 32
+  k = nsp.max_predictions(n)
+  assert k == 6 and nsp.max_predictions(128) == 21
+  assert nsp.max_predictions(n, 0) == n and nsp.max_predictions(n, 4) == 4
+  rng = np.random.default_rng(0)
+  weights = np.zeros((4, n), np.int32)
+  for row, count in enumerate((1, 3, 5, k)):  # up to K per row
+    weights[row, rng.choice(np.arange(1, n), count, replace=False)] = 1
+  batch = {
+      'encoder_input_tokens': jnp.asarray(rng.integers(3, 60, (4, n)),
+                                          jnp.int32),
+      'encoder_target_tokens': jnp.asarray(rng.integers(3, 60, (4, n)),
+                                           jnp.int32),
+      'encoder_loss_weights': jnp.asarray(weights),
+      'encoder_token_type_ids': jnp.asarray([[0] * 16 + [1] * 16] * 4,
+                                            jnp.int32),
+      'is_next_labels': jnp.asarray([1, 0, 1, 0], jnp.int32)}
+  gathered = nsp.NspModel(module, cfg)
+  full = nsp.NspModel(module, cfg, nsp.Options(max_predictions=0))
+  params = gathered.init_params(jax.random.PRNGKey(1), batch)
+  grad = lambda m: jax.grad(lambda p: m.loss_fn(p, batch,
+                                                enable_dropout=False)[0])
+  (loss_g, met_g), (loss_f, met_f) = (
+      m.loss_fn(params, batch, enable_dropout=False) for m in (gathered, full))
+  np.testing.assert_allclose(loss_g, loss_f, rtol=1e-6)
+  for key in ('mlm_loss', 'accuracy', 'nsp_loss', 'num_tokens'):
+    np.testing.assert_allclose(met_g[key], met_f[key], rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5,
+                                                       atol=1e-7),
+               grad(gathered)(params), grad(full)(params))
+
+
+@NEEDS_DATA
+def test_pair_rows_never_select_more_than_max_predictions():
+  c = _nsp_config(length=128, batch=64)
+  ds = dataset_lib.get_dataset(c, 'train', batch_size=64, seed=0)
+  counts = np.concatenate([next(ds)['encoder_loss_weights'].sum(1)
+                           for _ in range(8)])
+  assert counts.max() < nsp.max_predictions(128), counts.max()
 
 
 # ---- configs and checkpoints ------------------------------------------------------------

@@ -32,6 +32,7 @@ then has token_type_embedder/ and nsp_head/ too (single-segment inputs are
 all type 0; the NSP head is kept, unused).
 """
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -41,6 +42,7 @@ from t5x_lite import losses
 from t5x_lite import models
 from t5x_lite import network
 from t5x_lite.model_config import ConfigError, ModelConfig
+from t5x_lite.objectives import mlm
 from t5x_lite.objectives import registry
 
 NAME = 'mlm_nsp'
@@ -52,6 +54,10 @@ HEAD = 'vocab_nsp'
 class Options:
   """config.objective.mlm_nsp.*"""
   nsp_weight: float = 1.0  # loss = MLM mean + nsp_weight * NSP mean
+  # Vocabulary logits only at the first K selected positions of a row
+  # (BERT's max_predictions_per_seq): -1 = ceil(15% of the row) + 1, more
+  # than the pair task ever selects; 0 = at every position.
+  max_predictions: int = -1
 
 
 def _require_pairs(cfg: ModelConfig):
@@ -66,6 +72,28 @@ def _require_pairs(cfg: ModelConfig):
         '--config.model.type_vocab_size=2 (configs/pretrain_bert.py:nsp does).')
 
 
+def max_predictions(length: int, option: int = -1) -> int:
+  """K, BERT's max_predictions_per_seq, for rows of `length` (Options).
+  The default is more than the positions the pair task selects in a row
+  (round(15% of its text tokens))."""
+  if option == 0:
+    return length
+  if option < 0:
+    return min(length, math.ceil(mlm.SELECT_RATE * length) + 1)
+  return min(length, option)
+
+
+def gather_selected(targets, weights, k):
+  """(positions, targets, weights) [batch, K] of a row's selected
+  positions (weight > 0) first: the MLM loss only needs the vocabulary
+  logits there (BERT's masked_lm_positions), a 6x smaller projection at
+  15%. Fillers carry weight 0; a row with more than K selected positions
+  scores its first K only."""
+  _, positions = jax.lax.top_k(weights, k)  # [batch, K]; ties: lowest index
+  take = lambda x: jnp.take_along_axis(x, positions, axis=1)
+  return positions, take(targets), take(weights)
+
+
 class NspModel(models.EncoderOnlyModel):
   """MLM + next-sentence prediction on sentence pairs (module doc)."""
   HEADS = ('vocab',)  # `apply` gives the MLM logits, as an MLM model's
@@ -75,6 +103,7 @@ class NspModel(models.EncoderOnlyModel):
     _require_pairs(cfg)
     super().__init__(module or network.build(cfg), cfg, head='vocab', **kw)
     self.nsp_weight = float(options.nsp_weight)
+    self.max_predictions = int(options.max_predictions)
 
   @property
   def REQUIRED_FEATURES(self):  # pylint: disable=invalid-name
@@ -98,10 +127,16 @@ class NspModel(models.EncoderOnlyModel):
   def loss_terms(self, params, batch, dropout_rng=None, *,
                  enable_dropout: bool = True):
     self._check_features(batch)
-    mlm_logits, nsp_logits = self.logits(
-        params, batch, dropout_rng=dropout_rng, enable_dropout=enable_dropout)
     targets = batch['encoder_target_tokens']
     weights = batch['encoder_loss_weights'].astype(jnp.float32)
+    positions, k = None, max_predictions(targets.shape[1],
+                                         self.max_predictions)
+    if k < targets.shape[1]:
+      positions, targets, weights = gather_selected(targets, weights, k)
+    # mlm_logits [batch, K (or len), vocab]; nsp_logits [batch, 2].
+    mlm_logits, nsp_logits = self.apply(
+        params, batch, dropout_rng=dropout_rng, enable_dropout=enable_dropout,
+        head=HEAD, mlm_positions=positions)
     mlm_sum, z_sum, n_mlm = losses.cross_entropy_with_z_loss(
         mlm_logits, targets, weights, z_loss=self.z_loss,
         label_smoothing=self.label_smoothing, loss_normalizing_factor=None)
@@ -137,6 +172,10 @@ def _make_model(cfg, options, **kwargs):
 
 def _check(config):
   _require_pairs(ModelConfig.from_config(config.model))
+  if config.objective.mlm_nsp.max_predictions < -1:
+    raise ConfigError('objective.mlm_nsp.max_predictions must be -1 (auto), '
+                      f'0 (all) or > 0, got '
+                      f'{config.objective.mlm_nsp.max_predictions}.')
   if config.objective.mlm_nsp.nsp_weight < 0:
     raise ConfigError('objective.mlm_nsp.nsp_weight must be >= 0, got '
                       f'{config.objective.mlm_nsp.nsp_weight}.')
