@@ -382,3 +382,28 @@ def test_pretrain_nsp_then_finetune_from_it(tmp_path, jax_cache):
          '--config.eval.num_batches=2', cache=jax_cache)
   evals = [r for r in metrics_lib.read_metrics(ft) if 'eval/accuracy' in r]
   assert evals and evals[-1]['step'] == 5
+
+
+@NEEDS_DATA
+def test_repeated_split_draws_fresh_pairs_each_epoch():
+  """BERT's dupe_factor: epoch e of a repeated split is its own draw (seed
+  (PAIR_SEED, e)); one pass is epoch 0; the text is segment_text's."""
+  source = sentence_pairs.SentencePairSource()
+  lines, first = source.pairs('validation')
+  _, second = source.pairs('validation', 1)
+  assert [p[0] for p in first] == [p[0] for p in second]  # the same As
+  flipped = np.mean([p[2] != q[2] for p, q in zip(first, second)])
+  assert 0.4 < flipped < 0.6, flipped  # each A's label drawn afresh
+  assert abs(np.mean([q[2] for q in second]) - 0.5) <= 0.01
+  assert sentence_pairs.build_pairs(lines, [sentence_pairs.PAIR_SEED, 1]) == (
+      second)
+  n = len(first)
+  ds = source.get_dataset('validation', num_epochs=None)
+  got = [(x['a'].decode(), x['b'].decode(), int(x['is_next']))
+         for x in ds.take(2 * n + 3).as_numpy_iterator()]
+  text = lambda i: sentence_pairs.segment_text(lines, i)
+  want = [(text(a), text(b), is_next) for a, b, is_next in first + second]
+  assert got[:2 * n] == want
+  assert [(x['a'].decode(), int(x['is_next']))
+          for x in source.get_dataset('validation').as_numpy_iterator()] == [
+              (text(a), is_next) for a, _, is_next in first]

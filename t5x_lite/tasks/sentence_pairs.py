@@ -26,10 +26,16 @@ prediction", says what the models learn of it).
 The labels are balanced by construction, not drawn one by one: the pairs
 come in consecutive blocks of two (in corpus order) and one of each block,
 at random, is IsNext. Any run of pairs is then within one pair of 50%
-IsNext, and shuffling (seqio's buffer) keeps no trace of the blocks. A split
-always gets the same pairs (PAIR_SEED): resume and evaluation see the same
-data; a long run sees the same negatives each epoch (one epoch of the train
-split is ~39k pairs, more than the tiny recipes train on).
+IsNext, and shuffling (seqio's buffer) keeps no trace of the blocks. One
+pass over a split (evaluation, `num_epochs=1`) is always the same pairs
+(PAIR_SEED). A repeated split draws its pairs afresh each epoch, as BERT's
+create_pretraining_data does with dupe_factor: epoch e uses the seed
+(PAIR_SEED, e) (epoch 0 is the one-pass pairs), so every A is IsNext in
+some epochs and NotNext, with a new B, in others (with one fixed draw a
+long run meets each A with the same label and negative every epoch: ~5
+epochs by step 6000 of the tiny recipe). A repeated split cycles through
+DUPE_FACTOR draws; all are deterministic, so resume (skipping batches) sees
+the same data.
 
 Then per pair (`pair_and_mask`, stateless seeds from seqio's map seed, as
 tasks/preprocessors.py does):
@@ -65,6 +71,8 @@ SELECT_RATE, MASK_RATE, RANDOM_RATE = 0.15, 0.8, 0.1
 WORK_BYLINE = 'by William Shakespeare'
 # Lines per side of a pair: A and B are each this many consecutive lines.
 SEGMENT_LINES = 3
+# Fresh pair draws per cycle of a repeated split (BERT's dupe_factor).
+DUPE_FACTOR = 10
 TASKS = ('shakespeare_mlm_nsp',)
 
 
@@ -174,13 +182,17 @@ class SentencePairSource(seqio.DataSource):
     corpora.require(self._corpus)
     return [corpora.split_path(self._corpus, split)]
 
-  def pairs(self, split: str) -> Tuple[List[str], List[Tuple[int, int, int]]]:
-    """(the split's lines, its pairs)."""
-    if split not in self._cache:
-      lines = read_lines(self.list_shards(split)[0])
-      self._cache[split] = (lines, build_pairs(
-          lines, self._seed, segment_lines=self.segment_lines))
-    return self._cache[split]
+  def pairs(self, split: str, epoch: int = 0
+            ) -> Tuple[List[str], List[Tuple[int, int, int]]]:
+    """(the split's lines, its pairs in `epoch`: seed PAIR_SEED for epoch
+    0, (PAIR_SEED, epoch) after it)."""
+    if (split, epoch) not in self._cache:
+      if split not in self._cache:
+        self._cache[split] = read_lines(self.list_shards(split)[0])
+      seed = self._seed if epoch == 0 else [self._seed, epoch]
+      self._cache[split, epoch] = build_pairs(
+          self._cache[split], seed, segment_lines=self.segment_lines)
+    return self._cache[split], self._cache[split, epoch]
 
   def num_input_examples(self, split: str) -> Optional[int]:
     if not corpora.is_built(self._corpus):
@@ -191,16 +203,29 @@ class SentencePairSource(seqio.DataSource):
                   shard_info=None, *, sequence_length=None, use_cached=False,
                   num_epochs=1):
     del shuffle, seed, sequence_length, use_cached  # the Task shuffles
-    lines, pairs = self.pairs(split)
-    a, b, is_next = zip(*pairs)
-    text = lambda starts: tf.constant(
-        [segment_text(lines, i, self.segment_lines) for i in starts])
+    # Epochs of pairs, each its own draw (module doc); repeated forever
+    # (num_epochs None): a cycle of DUPE_FACTOR draws.
+    forever = num_epochs is None or num_epochs < 0
+    epochs = DUPE_FACTOR if forever else max(1, num_epochs)
+    lines = self.pairs(split)[0]
+    starts = np.concatenate([np.asarray(self.pairs(split, e)[1], np.int64)
+                             for e in range(epochs)])  # [pairs, (a, b, next)]
+    table = tf.constant(lines)
+    offsets = tf.range(self.segment_lines, dtype=tf.int64)
+
+    def text(start):  # = segment_text(lines, start)
+      return tf.strings.reduce_join(tf.gather(table, start + offsets),
+                                    separator=' ')
+
     ds = tf.data.Dataset.from_tensor_slices({
-        'a': text(a), 'b': text(b),
-        'is_next': tf.constant(is_next, tf.int32)})
+        'a': starts[:, 0], 'b': starts[:, 1],
+        'is_next': starts[:, 2].astype(np.int32)})
     if shard_info and shard_info.num_shards > 1:
       ds = ds.shard(shard_info.num_shards, shard_info.index)
-    return ds.repeat(num_epochs) if num_epochs != 1 else ds
+    ds = ds.map(lambda x: {'a': text(x['a']), 'b': text(x['b']),
+                           'is_next': x['is_next']},
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.repeat() if forever else ds
 
 
 # ---- seqio steps --------------------------------------------------------------------
